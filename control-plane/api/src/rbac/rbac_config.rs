@@ -1,0 +1,35 @@
+//! `ClusterRbacConfig` and the older namespaced `RbacConfig` (STUB).
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::common::IstioStatus;
+
+#[derive(CustomResource, Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[kube(
+    group = "rbac.istio.io",
+    version = "v1alpha1",
+    kind = "ClusterRbacConfig",
+    plural = "clusterrbacconfigs",
+    category = "istio-io",
+    category = "rbac-istio-io",
+    status = "IstioStatus",
+    derive = "PartialEq"
+)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ClusterRbacConfigSpec {}
+
+#[derive(CustomResource, Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[kube(
+    group = "rbac.istio.io",
+    version = "v1alpha1",
+    kind = "RbacConfig",
+    plural = "rbacconfigs",
+    category = "istio-io",
+    category = "rbac-istio-io",
+    namespaced,
+    status = "IstioStatus",
+    derive = "PartialEq"
+)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RbacConfigSpec {}

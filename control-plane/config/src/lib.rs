@@ -1,0 +1,6 @@
+//! Istio configuration objects: parsing, validation with Istio's
+//! semantics, the config store and the file source.
+pub mod object;
+pub mod validation;
+
+pub use object::{IstioObject, Kind, ObjectKey, ParseError};
