@@ -1,7 +1,9 @@
 //! CustomResourceDefinitions generated from the types, laid out as Istio
 //! publishes them: every served version of a group shares one schema, one
 //! version is the storage version, and `status` is a subresource.
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{
+    CustomResourceDefinition, JSONSchemaProps, JSONSchemaPropsOrArray, JSONSchemaPropsOrBool,
+};
 use kube::CustomResourceExt;
 
 /// Served versions and the storage version of each API group, as in Istio's
@@ -64,10 +66,32 @@ fn served(mut crd: CustomResourceDefinition, (versions, storage): (&[&str], &str
             if let Some(schema) = version.schema.as_mut().and_then(|s| s.open_api_v3_schema.as_mut()) {
                 schema.description = Some(format!("{} is Istio configuration, see istio.io.", crd.spec.names.kind));
                 schema.title = None;
+                strip_defaults(schema);
             }
             version
         })
         .collect();
     crd.metadata.annotations = Some([("helm.sh/resource-policy".to_string(), "keep".to_string())].into());
     crd
+}
+
+/// schemars writes `default` for every `#[serde(default)]` field; the API
+/// server would then store those zero values into every object. Istio's
+/// CRDs declare no defaults, so neither do these.
+fn strip_defaults(schema: &mut JSONSchemaProps) {
+    schema.default = None;
+    for p in schema.properties.iter_mut().flat_map(|p| p.values_mut()) {
+        strip_defaults(p);
+    }
+    if let Some(JSONSchemaPropsOrArray::Schema(items)) = schema.items.as_mut() {
+        strip_defaults(items);
+    }
+    if let Some(JSONSchemaPropsOrBool::Schema(extra)) = schema.additional_properties.as_mut() {
+        strip_defaults(extra);
+    }
+    for list in [&mut schema.one_of, &mut schema.any_of, &mut schema.all_of] {
+        for s in list.iter_mut().flatten() {
+            strip_defaults(s);
+        }
+    }
 }

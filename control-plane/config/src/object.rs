@@ -176,7 +176,7 @@ impl IstioObject {
 /// A document that is not a well-formed Istio object. `path` is the field
 /// path from the document root (`spec.http[0].route[0].destination.subsetz`).
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("{path}: {message}")]
+#[error("{}{message}", if path.is_empty() { String::new() } else { format!("{path}: ") })]
 pub struct ParseError {
     pub path: String,
     pub message: String,

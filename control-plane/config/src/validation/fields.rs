@@ -216,6 +216,97 @@ pub fn unique<'a>(
     }
 }
 
+/// Istio's `exportTo`: `.` (own namespace), `*` (all), `~` (nobody; only
+/// where `allow_none`, i.e. ServiceEntry) or namespace names; no duplicates
+/// (`.` counts as `namespace`), and `*` or `~` only on their own.
+pub fn export_to(f: &mut Findings, path: impl Display, namespace: &str, export_to: &[String], allow_none: bool) {
+    let mut seen = std::collections::HashSet::new();
+    for (i, entry) in export_to.iter().enumerate() {
+        let key = if entry == "." && !namespace.is_empty() { namespace } else { entry.as_str() };
+        let valid = match entry.as_str() {
+            "." | "*" => true,
+            "~" => allow_none,
+            name => is_dns1123_label(name),
+        };
+        if !valid {
+            f.error(
+                format_args!("{path}[{i}]"),
+                format!("exportTo value {entry:?} is not \".\", \"*\"{} or a namespace name", if allow_none { ", \"~\"" } else { "" }),
+            );
+        } else if !seen.insert(key) {
+            f.error(format_args!("{path}[{i}]"), format!("duplicate exportTo entry {entry:?}"));
+        }
+    }
+    if export_to.len() > 1 {
+        if export_to.iter().any(|e| e == "*") {
+            f.error(&path, "cannot have both public (*) and non-public exportTo values");
+        }
+        if allow_none && export_to.iter().any(|e| e == "~") {
+            f.error(&path, "cannot export to no one (~) and someone");
+        }
+    }
+}
+
+/// The protocols Istio knows for a port name or `protocol` field
+/// (case-insensitive); empty means "sniff".
+pub const PROTOCOLS: &[&str] = &[
+    "HTTP", "HTTPS", "GRPC", "GRPC-WEB", "HTTP2", "HTTP_PROXY", "MONGO", "MYSQL", "REDIS", "TCP", "TLS", "UDP",
+];
+
+/// Checks a port protocol is one Istio knows (empty is allowed: sniffing).
+pub fn protocol(f: &mut Findings, path: impl Display, protocol: &str) {
+    if !protocol.is_empty() && !PROTOCOLS.iter().any(|p| p.eq_ignore_ascii_case(protocol)) {
+        f.error(
+            path,
+            format!("unsupported protocol {protocol:?} (expected one of {})", PROTOCOLS.join(", ")),
+        );
+    }
+}
+
+/// HTTP-family protocols (routed by Host): HTTP, HTTP2, GRPC, GRPC-WEB, HTTP_PROXY.
+pub fn protocol_is_http(protocol: &str) -> bool {
+    ["HTTP", "HTTP2", "GRPC", "GRPC-WEB", "HTTP_PROXY"]
+        .iter()
+        .any(|p| p.eq_ignore_ascii_case(protocol))
+}
+
+/// TLS-family protocols (routed by SNI): HTTPS, TLS.
+pub fn protocol_is_tls(protocol: &str) -> bool {
+    ["HTTPS", "TLS"].iter().any(|p| p.eq_ignore_ascii_case(protocol))
+}
+
+/// An IPv4 or IPv6 address (no port, no prefix length).
+pub fn ip_address(f: &mut Findings, path: impl Display, addr: &str) {
+    if addr.parse::<std::net::IpAddr>().is_err() {
+        f.error(path, format!("{addr:?} is not a valid IP address"));
+    }
+}
+
+/// An IP address or a CIDR block (`10.0.0.0/8`, `2001:db8::/32`).
+pub fn ip_subnet(f: &mut Findings, path: impl Display, subnet: &str) {
+    let Some((ip, len)) = subnet.split_once('/') else {
+        return ip_address(f, path, subnet);
+    };
+    let max = match ip.parse::<std::net::IpAddr>() {
+        Ok(std::net::IpAddr::V4(_)) => 32,
+        Ok(std::net::IpAddr::V6(_)) => 128,
+        Err(_) => return f.error(path, format!("{subnet:?} is not a valid CIDR block")),
+    };
+    if !len.bytes().all(|b| b.is_ascii_digit()) || !matches!(len.parse::<u32>(), Ok(l) if l <= max) {
+        f.error(path, format!("{subnet:?} is not a valid CIDR block"));
+    }
+}
+
+/// The path of a Unix domain socket after `unix://`: absolute and not a
+/// directory, or an abstract socket (`@name`).
+pub fn unix_address(f: &mut Findings, path: impl Display, addr: &str) {
+    if addr.is_empty() {
+        f.error(path, "unix address must not be empty");
+    } else if !addr.starts_with('@') && (!addr.starts_with('/') || addr.ends_with('/')) {
+        f.error(path, format!("{addr:?} is not an absolute path to a file"));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,0 +1,40 @@
+# Sextant: an Istio-compatible service-mesh control plane.
+#   make test    everything CI runs (installs envoy, helm, kubectl first)
+#   make run     the control plane on the sample config (see README)
+#   make crds    regenerate crds/ from the Rust types
+#   make lint    rustfmt check and clippy with warnings as errors
+SHELL := /bin/bash
+CARGO ?= cargo
+export PATH := $(CURDIR)/.tools/bin:$(PATH)
+
+.PHONY: all build tools test lint crds run validate-samples clean
+
+all: build
+
+tools:
+	./scripts/install-tools.sh
+
+build:
+	$(CARGO) build --workspace --locked
+
+test: tools
+	$(CARGO) build --workspace --locked
+	$(CARGO) test --workspace --locked
+	$(MAKE) validate-samples
+
+# Every Istio sample must validate unchanged (exit 0).
+validate-samples:
+	$(CARGO) run -q -p sextant --locked -- validate -f ../shared/reference/istio-samples
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
+
+crds:
+	$(CARGO) run -q -p sextant --locked -- crds > crds/istio-crds.yaml
+
+run: build
+	./target/debug/sextant serve --config-dir ../shared/reference/istio-samples --admin-addr 127.0.0.1:15014
+
+clean:
+	$(CARGO) clean

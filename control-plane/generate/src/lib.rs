@@ -1,0 +1,1 @@
+//! Generators (pass-through for now).

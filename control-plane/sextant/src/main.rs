@@ -1,0 +1,63 @@
+//! `sextant`: the control plane binary. Subcommands: `serve` (the control
+//! plane), `validate` (istioctl validate), `crds` (print the CRDs) and
+//! `bootstrap` (an Envoy bootstrap for one proxy).
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+mod admin;
+mod bootstrap;
+mod serve;
+mod validate;
+mod xds;
+
+#[derive(Parser)]
+#[command(name = "sextant", version, about = "An Istio-compatible service-mesh control plane")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the control plane: watch config, serve xDS and the admin endpoints.
+    Serve(serve::ServeArgs),
+    /// Validate Istio YAML files or directories, as `istioctl validate` and
+    /// `istioctl analyze` would. Exits 1 if any object is invalid.
+    Validate(validate::ValidateArgs),
+    /// Print the CustomResourceDefinitions for every Istio kind Sextant serves.
+    Crds,
+    /// Print an Envoy bootstrap (YAML) for one proxy.
+    Bootstrap(bootstrap::BootstrapArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Serve(args) => {
+            init_tracing();
+            serve::run(args)
+        }
+        Command::Validate(args) => return validate::run(args),
+        Command::Crds => {
+            print!("{}", sextant_api::crd::all_yaml());
+            Ok(())
+        }
+        Command::Bootstrap(args) => bootstrap::run(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("sextant: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_tracing() {
+    use tracing_subscriber::EnvFilter;
+    tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
+        .with_writer(std::io::stderr)
+        .init();
+}
