@@ -36,7 +36,7 @@ impl Duration {
     pub fn from_std(value: std::time::Duration) -> Self {
         let text = if value.subsec_nanos() == 0 {
             format!("{}s", value.as_secs())
-        } else if value.subsec_nanos() % 1_000_000 == 0 {
+        } else if value.subsec_nanos().is_multiple_of(1_000_000) {
             format!("{}ms", value.as_millis())
         } else {
             format!("{}ns", value.as_nanos())
@@ -134,7 +134,10 @@ fn parse_go_duration(text: &str) -> Result<std::time::Duration, DurationError> {
         rest = tail;
     }
     let secs = u64::try_from(total / 1_000_000_000).map_err(|_| err("number too large"))?;
-    Ok(std::time::Duration::new(secs, (total % 1_000_000_000) as u32))
+    Ok(std::time::Duration::new(
+        secs,
+        (total % 1_000_000_000) as u32,
+    ))
 }
 
 impl Serialize for Duration {
@@ -266,8 +269,9 @@ pub struct WorkloadSelector {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct PolicyTargetReference {
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub group: String,
+    /// API group; `""` (written out, as Istio's docs do) is the core group.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
     #[serde(default)]
     pub kind: String,
     #[serde(default)]

@@ -48,13 +48,46 @@ fn yaml(crd: &CustomResourceDefinition) -> String {
     // serde_json::Value keeps key order stable (sorted), so the output is
     // deterministic and the staleness test can compare bytes.
     let value = serde_json::to_value(crd).expect("CRD serializes");
-    serde_yaml::to_string(&value).expect("CRD is YAML")
+    quote_yaml11_booleans(&serde_yaml::to_string(&value).expect("CRD is YAML"))
+}
+
+/// serde_yaml writes YAML 1.2, where `ON` and `OFF` are plain strings; but
+/// kubectl (go-yaml) and many other readers take them as YAML 1.1 booleans.
+/// Quote such scalars so every reader sees the enum values as strings.
+fn quote_yaml11_booleans(yaml: &str) -> String {
+    const AMBIGUOUS: &[&str] = &[
+        "y", "Y", "yes", "Yes", "YES", "n", "N", "no", "No", "NO", "on", "On", "ON", "off", "Off",
+        "OFF",
+    ];
+    let mut out = String::with_capacity(yaml.len());
+    for line in yaml.lines() {
+        let split = line.rfind(": ").map(|i| i + 2).or_else(|| {
+            let trimmed = line.trim_start();
+            trimmed
+                .starts_with("- ")
+                .then(|| line.len() - trimmed.len() + 2)
+        });
+        match split {
+            Some(i) if AMBIGUOUS.contains(&&line[i..]) => {
+                out.push_str(&line[..i]);
+                out.push('\'');
+                out.push_str(&line[i..]);
+                out.push('\'');
+            }
+            _ => out.push_str(line),
+        }
+        out.push('\n');
+    }
+    out
 }
 
 /// Copies the derived (single) version to every served version of the group
 /// and marks the storage version, so `v1alpha3`, `v1beta1` and `v1` objects
 /// are all accepted with one schema.
-fn served(mut crd: CustomResourceDefinition, (versions, storage): (&[&str], &str)) -> CustomResourceDefinition {
+fn served(
+    mut crd: CustomResourceDefinition,
+    (versions, storage): (&[&str], &str),
+) -> CustomResourceDefinition {
     let template = crd.spec.versions.remove(0);
     crd.spec.versions = versions
         .iter()
@@ -63,15 +96,23 @@ fn served(mut crd: CustomResourceDefinition, (versions, storage): (&[&str], &str
             version.name = v.to_string();
             version.served = true;
             version.storage = *v == storage;
-            if let Some(schema) = version.schema.as_mut().and_then(|s| s.open_api_v3_schema.as_mut()) {
-                schema.description = Some(format!("{} is Istio configuration, see istio.io.", crd.spec.names.kind));
+            if let Some(schema) = version
+                .schema
+                .as_mut()
+                .and_then(|s| s.open_api_v3_schema.as_mut())
+            {
+                schema.description = Some(format!(
+                    "{} is Istio configuration, see istio.io.",
+                    crd.spec.names.kind
+                ));
                 schema.title = None;
                 strip_defaults(schema);
             }
             version
         })
         .collect();
-    crd.metadata.annotations = Some([("helm.sh/resource-policy".to_string(), "keep".to_string())].into());
+    crd.metadata.annotations =
+        Some([("helm.sh/resource-policy".to_string(), "keep".to_string())].into());
     crd
 }
 
@@ -80,6 +121,10 @@ fn served(mut crd: CustomResourceDefinition, (versions, storage): (&[&str], &str
 /// CRDs declare no defaults, so neither do these.
 fn strip_defaults(schema: &mut JSONSchemaProps) {
     schema.default = None;
+    // An optional enum is `nullable`; a `null` among the values is redundant.
+    if let Some(values) = schema.enum_.as_mut() {
+        values.retain(|v| !v.0.is_null());
+    }
     for p in schema.properties.iter_mut().flat_map(|p| p.values_mut()) {
         strip_defaults(p);
     }

@@ -45,40 +45,70 @@ fn every_kind_has_a_crd_with_its_served_versions() {
     let sec = ["v1beta1", "v1"].map(String::from).to_vec();
     let rbac = vec!["v1alpha1".to_string()];
     let mut want = vec![
-        ("networking.istio.io/DestinationRule".to_string(), net.clone()),
+        (
+            "networking.istio.io/DestinationRule".to_string(),
+            net.clone(),
+        ),
         ("networking.istio.io/Gateway".to_string(), net.clone()),
         ("networking.istio.io/ServiceEntry".to_string(), net.clone()),
         ("networking.istio.io/Sidecar".to_string(), net.clone()),
-        ("networking.istio.io/VirtualService".to_string(), net.clone()),
+        (
+            "networking.istio.io/VirtualService".to_string(),
+            net.clone(),
+        ),
         ("networking.istio.io/WorkloadEntry".to_string(), net),
         ("rbac.istio.io/ClusterRbacConfig".to_string(), rbac.clone()),
         ("rbac.istio.io/RbacConfig".to_string(), rbac.clone()),
         ("rbac.istio.io/ServiceRole".to_string(), rbac.clone()),
         ("rbac.istio.io/ServiceRoleBinding".to_string(), rbac),
-        ("security.istio.io/AuthorizationPolicy".to_string(), sec.clone()),
-        ("security.istio.io/PeerAuthentication".to_string(), sec.clone()),
+        (
+            "security.istio.io/AuthorizationPolicy".to_string(),
+            sec.clone(),
+        ),
+        (
+            "security.istio.io/PeerAuthentication".to_string(),
+            sec.clone(),
+        ),
         ("security.istio.io/RequestAuthentication".to_string(), sec),
     ];
     want.sort();
     assert_eq!(kinds, want);
     for crd in &crds {
         let name = crd.metadata.name.as_deref().unwrap();
-        assert_eq!(name, format!("{}.{}", crd.spec.names.plural, crd.spec.group));
+        assert_eq!(
+            name,
+            format!("{}.{}", crd.spec.names.plural, crd.spec.group)
+        );
         let storage: Vec<_> = crd.spec.versions.iter().filter(|v| v.storage).collect();
         assert_eq!(storage.len(), 1, "{name}: exactly one storage version");
         for v in &crd.spec.versions {
             assert!(v.served, "{name}/{}: served", v.name);
             assert!(
-                v.subresources.as_ref().and_then(|s| s.status.as_ref()).is_some(),
+                v.subresources
+                    .as_ref()
+                    .and_then(|s| s.status.as_ref())
+                    .is_some(),
                 "{name}/{}: status subresource",
                 v.name
             );
-            let schema = v.schema.as_ref().and_then(|s| s.open_api_v3_schema.as_ref()).unwrap();
+            let schema = v
+                .schema
+                .as_ref()
+                .and_then(|s| s.open_api_v3_schema.as_ref())
+                .unwrap();
             let mut problems = Vec::new();
             structural(schema, "", &mut problems);
-            assert!(problems.is_empty(), "{name}/{}: not structural: {problems:#?}", v.name);
+            assert!(
+                problems.is_empty(),
+                "{name}/{}: not structural: {problems:#?}",
+                v.name
+            );
         }
-        let scope = if crd.spec.names.kind == "ClusterRbacConfig" { "Cluster" } else { "Namespaced" };
+        let scope = if crd.spec.names.kind == "ClusterRbacConfig" {
+            "Cluster"
+        } else {
+            "Namespaced"
+        };
         assert_eq!(crd.spec.scope, scope, "{name}");
     }
 }
@@ -88,7 +118,8 @@ fn every_kind_has_a_crd_with_its_served_versions() {
 /// fields; `properties` and `additionalProperties` never together; no
 /// `$ref`; composition keywords carry no types of their own.
 fn structural(s: &JSONSchemaProps, path: &str, problems: &mut Vec<String>) {
-    let open = s.x_kubernetes_int_or_string == Some(true) || s.x_kubernetes_preserve_unknown_fields == Some(true);
+    let open = s.x_kubernetes_int_or_string == Some(true)
+        || s.x_kubernetes_preserve_unknown_fields == Some(true);
     if s.type_.is_none() && !open {
         problems.push(format!("{path}: no type"));
     }
@@ -96,12 +127,20 @@ fn structural(s: &JSONSchemaProps, path: &str, problems: &mut Vec<String>) {
         problems.push(format!("{path}: $ref"));
     }
     if s.properties.is_some() && s.additional_properties.is_some() {
-        problems.push(format!("{path}: properties and additionalProperties together"));
+        problems.push(format!(
+            "{path}: properties and additionalProperties together"
+        ));
     }
-    for (name, list) in [("oneOf", &s.one_of), ("anyOf", &s.any_of), ("allOf", &s.all_of)] {
+    for (name, list) in [
+        ("oneOf", &s.one_of),
+        ("anyOf", &s.any_of),
+        ("allOf", &s.all_of),
+    ] {
         for sub in list.iter().flatten() {
             if sub.type_.is_some() || sub.properties.is_some() || sub.description.is_some() {
-                problems.push(format!("{path}: {name} branch declares types or descriptions"));
+                problems.push(format!(
+                    "{path}: {name} branch declares types or descriptions"
+                ));
             }
         }
     }

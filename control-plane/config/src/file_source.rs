@@ -31,7 +31,13 @@ impl std::fmt::Display for DocumentError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match &self.object {
             Some(o) => write!(f, "{}: {o}: {}", self.file.display(), self.error),
-            None => write!(f, "{}: document {}: {}", self.file.display(), self.index + 1, self.error),
+            None => write!(
+                f,
+                "{}: document {}: {}",
+                self.file.display(),
+                self.index + 1,
+                self.error
+            ),
         }
     }
 }
@@ -85,7 +91,10 @@ pub fn config_files(paths: &[PathBuf]) -> std::io::Result<Vec<PathBuf>> {
 /// documents that did not parse.
 pub fn describe_raw(value: &Value) -> Option<String> {
     let kind = value.get("kind")?.as_str()?;
-    let name = value.pointer("/metadata/name").and_then(Value::as_str).unwrap_or("?");
+    let name = value
+        .pointer("/metadata/name")
+        .and_then(Value::as_str)
+        .unwrap_or("?");
     let namespace = value
         .pointer("/metadata/namespace")
         .and_then(Value::as_str)

@@ -58,9 +58,10 @@ macro_rules! kinds {
             }
         }
 
-        /// A parsed Istio object of any kind.
+        /// A parsed Istio object of any kind (boxed: the kinds differ a lot in
+        /// size and objects live behind `Arc`s in the store anyway).
         #[derive(Clone, Debug, PartialEq)]
-        pub enum IstioObject { $($kind($ty),)* }
+        pub enum IstioObject { $($kind(Box<$ty>),)* }
 
         impl IstioObject {
             pub fn kind(&self) -> Kind {
@@ -82,7 +83,7 @@ macro_rules! kinds {
             }
 
             fn from_value(kind: Kind, value: Value) -> Result<Self, ParseError> {
-                match kind { $(Kind::$kind => typed::<$ty>(value).map(IstioObject::$kind),)* }
+                match kind { $(Kind::$kind => typed::<$ty>(value).map(|o| IstioObject::$kind(Box::new(o))),)* }
             }
         }
     };
@@ -116,7 +117,17 @@ impl Kind {
     pub fn from_type(api_version: &str, kind: &str) -> Result<Kind, ParseError> {
         let found = Kind::ALL.iter().copied().find(|k| k.as_str() == kind);
         let Some(found) = found else {
-            return Err(ParseError::new("kind", format!("unknown kind {kind:?} (Sextant serves {})", Kind::ALL.iter().map(|k| k.as_str()).collect::<Vec<_>>().join(", "))));
+            return Err(ParseError::new(
+                "kind",
+                format!(
+                    "unknown kind {kind:?} (Sextant serves {})",
+                    Kind::ALL
+                        .iter()
+                        .map(|k| k.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            ));
         };
         let group = found.group();
         let version = api_version
@@ -128,7 +139,12 @@ impl Kind {
                 "apiVersion",
                 format!(
                     "{kind} is served as {}, not {api_version:?}",
-                    group.versions().iter().map(|v| format!("{}/{v}", group.name())).collect::<Vec<_>>().join(", ")
+                    group
+                        .versions()
+                        .iter()
+                        .map(|v| format!("{}/{v}", group.name()))
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 ),
             )),
         }
@@ -202,7 +218,10 @@ const TOP_LEVEL_FIELDS: &[&str] = &["apiVersion", "kind", "metadata", "spec", "s
 /// namespace lands in [`DEFAULT_NAMESPACE`].
 pub fn parse(value: Value) -> Result<IstioObject, ParseError> {
     let Value::Object(map) = &value else {
-        return Err(ParseError::new("", "a document must be a mapping with apiVersion, kind, metadata and spec"));
+        return Err(ParseError::new(
+            "",
+            "a document must be a mapping with apiVersion, kind, metadata and spec",
+        ));
     };
     let text = |field: &str| match map.get(field) {
         Some(Value::String(s)) if !s.is_empty() => Ok(s.as_str()),
@@ -256,7 +275,10 @@ pub fn documents(text: &str) -> Vec<(usize, Result<Value, ParseError>)> {
             Ok(Value::Null) => {}
             Ok(value) => out.push((index, Ok(value))),
             Err(e) => {
-                out.push((index, Err(ParseError::new("", format!("invalid YAML: {e}")))));
+                out.push((
+                    index,
+                    Err(ParseError::new("", format!("invalid YAML: {e}"))),
+                ));
                 // The YAML stream cannot be resumed after a syntax error.
                 break;
             }

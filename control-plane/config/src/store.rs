@@ -21,7 +21,10 @@ pub enum StoreEvent {
     Deleted(ObjectKey),
     /// A new version of an object was refused; the previous version (if any)
     /// stays in force.
-    Rejected { key: ObjectKey, errors: Vec<Finding> },
+    Rejected {
+        key: ObjectKey,
+        errors: Vec<Finding>,
+    },
 }
 
 /// Why the store refused an object.

@@ -22,10 +22,18 @@ fn schemas() -> BTreeMap<(String, String), (Vec<String>, Value)> {
     for doc in serde_yaml::Deserializer::from_str(&text) {
         let crd = CustomResourceDefinition::deserialize(doc).unwrap();
         let versions: Vec<String> = crd.spec.versions.iter().map(|v| v.name.clone()).collect();
-        let schema = crd.spec.versions[0].schema.clone().unwrap().open_api_v3_schema.unwrap();
+        let schema = crd.spec.versions[0]
+            .schema
+            .clone()
+            .unwrap()
+            .open_api_v3_schema
+            .unwrap();
         let schema = serde_json::to_value(schema).unwrap();
         let spec = to_json_schema(&schema["properties"]["spec"]);
-        out.insert((crd.spec.group.clone(), crd.spec.names.kind.clone()), (versions, spec));
+        out.insert(
+            (crd.spec.group.clone(), crd.spec.names.kind.clone()),
+            (versions, spec),
+        );
     }
     out
 }
@@ -33,19 +41,29 @@ fn schemas() -> BTreeMap<(String, String), (Vec<String>, Value)> {
 /// OpenAPI v3 with Kubernetes extensions -> JSON Schema: `nullable`,
 /// `x-kubernetes-int-or-string`, and strict unknown-field checking.
 fn to_json_schema(s: &Value) -> Value {
-    let Value::Object(map) = s else { return s.clone() };
+    let Value::Object(map) = s else {
+        return s.clone();
+    };
     let mut out = serde_json::Map::new();
     for (k, v) in map {
         match k.as_str() {
             "properties" => {
-                let props = v.as_object().unwrap().iter().map(|(k, v)| (k.clone(), to_json_schema(v))).collect();
+                let props = v
+                    .as_object()
+                    .unwrap()
+                    .iter()
+                    .map(|(k, v)| (k.clone(), to_json_schema(v)))
+                    .collect();
                 out.insert(k.clone(), Value::Object(props));
             }
             "items" | "additionalProperties" if v.is_object() => {
                 out.insert(k.clone(), to_json_schema(v));
             }
             "x-kubernetes-int-or-string" => {
-                out.insert("anyOf".into(), json!([{ "type": "integer" }, { "type": "string" }]));
+                out.insert(
+                    "anyOf".into(),
+                    json!([{ "type": "integer" }, { "type": "string" }]),
+                );
             }
             "nullable" | "format" => {}
             k if k.starts_with("x-kubernetes") => {}
@@ -60,7 +78,8 @@ fn to_json_schema(s: &Value) -> Value {
         out.insert("type".into(), json!([t, "null"]));
     }
     let keeps_unknown = map.get("x-kubernetes-preserve-unknown-fields") == Some(&Value::Bool(true));
-    if map.contains_key("properties") && !map.contains_key("additionalProperties") && !keeps_unknown {
+    if map.contains_key("properties") && !map.contains_key("additionalProperties") && !keeps_unknown
+    {
         out.insert("additionalProperties".into(), Value::Bool(false));
     }
     Value::Object(out)
@@ -69,7 +88,10 @@ fn to_json_schema(s: &Value) -> Value {
 fn yaml_files(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
     for entry in walk(dir) {
-        if matches!(entry.extension().and_then(|e| e.to_str()), Some("yaml" | "yml")) {
+        if matches!(
+            entry.extension().and_then(|e| e.to_str()),
+            Some("yaml" | "yml")
+        ) {
             out.push(entry);
         }
     }
@@ -91,7 +113,10 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
 }
 
 /// Schema errors for one document, or None if its kind has no CRD.
-fn schema_errors(schemas: &BTreeMap<(String, String), (Vec<String>, Value)>, doc: &Value) -> Vec<String> {
+fn schema_errors(
+    schemas: &BTreeMap<(String, String), (Vec<String>, Value)>,
+    doc: &Value,
+) -> Vec<String> {
     let api_version = doc["apiVersion"].as_str().unwrap_or_default();
     let (group, version) = api_version.split_once('/').unwrap_or_default();
     let kind = doc["kind"].as_str().unwrap_or_default();
@@ -134,7 +159,13 @@ fn samples_and_valid_fixtures_match_their_crd_schema() {
 fn schema_refuses_unknown_fields_and_wrong_types() {
     let schemas = schemas();
     let doc = |spec: Value| json!({"apiVersion": "networking.istio.io/v1", "kind": "WorkloadEntry", "metadata": {"name": "w"}, "spec": spec});
-    assert!(schema_errors(&schemas, &doc(json!({"address": "127.0.0.1", "ports": {"http": "8080"}}))).is_empty());
+    assert!(
+        schema_errors(
+            &schemas,
+            &doc(json!({"address": "127.0.0.1", "ports": {"http": "8080"}}))
+        )
+        .is_empty()
+    );
     assert!(!schema_errors(&schemas, &doc(json!({"adress": "127.0.0.1"}))).is_empty());
     assert!(!schema_errors(&schemas, &doc(json!({"weight": "heavy"}))).is_empty());
     // The schema is the same for every served version.
@@ -151,9 +182,15 @@ fn invalid_fixtures_with_unknown_fields_fail_the_schema_too() {
         let text = std::fs::read_to_string(&file).unwrap();
         for (i, doc) in object::documents(&text) {
             let doc = doc.unwrap();
-            let expect = doc["metadata"]["annotations"]["sextant.test/expect"].as_str().unwrap_or_default();
+            let expect = doc["metadata"]["annotations"]["sextant.test/expect"]
+                .as_str()
+                .unwrap_or_default();
             if expect.contains("unknown field") && expect.starts_with("spec.") {
-                assert!(!schema_errors(&schemas, &doc).is_empty(), "{}#{i}: schema accepted an unknown field", file.display());
+                assert!(
+                    !schema_errors(&schemas, &doc).is_empty(),
+                    "{}#{i}: schema accepted an unknown field",
+                    file.display()
+                );
                 checked += 1;
             }
         }

@@ -32,7 +32,11 @@ fn address(store: &ConfigStore, name: &str) -> Option<String> {
 }
 
 /// Waits (bounded) for an event matching `want`, skipping others.
-fn wait_for(rx: &mut Receiver<StoreEvent>, what: &str, want: impl Fn(&StoreEvent) -> bool) -> StoreEvent {
+fn wait_for(
+    rx: &mut Receiver<StoreEvent>,
+    what: &str,
+    want: impl Fn(&StoreEvent) -> bool,
+) -> StoreEvent {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         match rx.try_recv() {
@@ -65,7 +69,10 @@ fn follows_adds_edits_and_deletes_and_keeps_the_last_good_version() {
     let _watch = file_source::watch(store.clone(), vec![dir.path().to_path_buf()]).unwrap();
 
     // Initial load; no namespace means `default`.
-    assert_eq!(wait_for(&mut rx, "initial add", |_| true), StoreEvent::Added(key("db")));
+    assert_eq!(
+        wait_for(&mut rx, "initial add", |_| true),
+        StoreEvent::Added(key("db"))
+    );
     assert_eq!(address(&store, "db").as_deref(), Some("127.0.0.10"));
 
     // A valid edit.
@@ -78,10 +85,17 @@ fn follows_adds_edits_and_deletes_and_keeps_the_last_good_version() {
         &a,
         "apiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata:\n  name: db\n  labels:\n    'bad key': x\nspec:\n  address: 127.0.0.99\n",
     );
-    match wait_for(&mut rx, "rejection", |e| matches!(e, StoreEvent::Rejected { .. })) {
+    match wait_for(&mut rx, "rejection", |e| {
+        matches!(e, StoreEvent::Rejected { .. })
+    }) {
         StoreEvent::Rejected { key: k, errors } => {
             assert_eq!(k, key("db"));
-            assert!(errors[0].to_string().starts_with("metadata.labels[bad key]: "), "{errors:?}");
+            assert!(
+                errors[0]
+                    .to_string()
+                    .starts_with("metadata.labels[bad key]: "),
+                "{errors:?}"
+            );
         }
         other => panic!("{other:?}"),
     }
@@ -90,29 +104,51 @@ fn follows_adds_edits_and_deletes_and_keeps_the_last_good_version() {
     // An edit that does not parse (a typo'd field): nothing changes, and
     // the object is not deleted either.
     let version = store.version();
-    write(&a, "apiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata:\n  name: db\nspec:\n  adress: 127.0.0.98\n");
+    write(
+        &a,
+        "apiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata:\n  name: db\nspec:\n  adress: 127.0.0.98\n",
+    );
     // Then a second file, which proves the watcher has moved past a.yaml.
     let b = dir.path().join("b.yaml");
-    write(&b, &format!("{}---\n{}", workload("cache", "127.0.0.20"), workload("queue", "127.0.0.21")));
-    wait_for(&mut rx, "queue added", |e| *e == StoreEvent::Added(key("queue")));
+    write(
+        &b,
+        &format!(
+            "{}---\n{}",
+            workload("cache", "127.0.0.20"),
+            workload("queue", "127.0.0.21")
+        ),
+    );
+    wait_for(&mut rx, "queue added", |e| {
+        *e == StoreEvent::Added(key("queue"))
+    });
     assert_eq!(address(&store, "db").as_deref(), Some("127.0.0.11"));
     assert_eq!(address(&store, "cache").as_deref(), Some("127.0.0.20"));
-    assert_eq!(store.version(), version + 2, "only the two new objects changed the store");
+    assert_eq!(
+        store.version(),
+        version + 2,
+        "only the two new objects changed the store"
+    );
 
     // Broken YAML in b.yaml takes nothing away.
     write(&b, "kind: [unclosed\n");
     write(&a, &workload("db", "127.0.0.12"));
-    wait_for(&mut rx, "db updated", |e| *e == StoreEvent::Updated(key("db")));
+    wait_for(&mut rx, "db updated", |e| {
+        *e == StoreEvent::Updated(key("db"))
+    });
     assert!(address(&store, "cache").is_some() && address(&store, "queue").is_some());
 
     // Removing a document from a file deletes that object only.
     write(&b, &workload("cache", "127.0.0.20"));
-    wait_for(&mut rx, "queue deleted", |e| *e == StoreEvent::Deleted(key("queue")));
+    wait_for(&mut rx, "queue deleted", |e| {
+        *e == StoreEvent::Deleted(key("queue"))
+    });
     assert!(address(&store, "cache").is_some());
 
     // Deleting a file deletes what it defined.
     std::fs::remove_file(&a).unwrap();
-    wait_for(&mut rx, "db deleted", |e| *e == StoreEvent::Deleted(key("db")));
+    wait_for(&mut rx, "db deleted", |e| {
+        *e == StoreEvent::Deleted(key("db"))
+    });
     assert_eq!(address(&store, "db"), None);
     assert!(address(&store, "cache").is_some());
 }

@@ -20,7 +20,10 @@ fn yaml_files(dir: &Path) -> Vec<PathBuf> {
             let path = entry.unwrap().path();
             if path.is_dir() {
                 stack.push(path);
-            } else if matches!(path.extension().and_then(|e| e.to_str()), Some("yaml" | "yml")) {
+            } else if matches!(
+                path.extension().and_then(|e| e.to_str()),
+                Some("yaml" | "yml")
+            ) {
                 out.push(path);
             }
         }
@@ -30,7 +33,9 @@ fn yaml_files(dir: &Path) -> Vec<PathBuf> {
 }
 
 fn fixtures(sub: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests").join(sub)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests")
+        .join(sub)
 }
 
 fn samples() -> PathBuf {
@@ -41,7 +46,10 @@ fn samples() -> PathBuf {
 fn errors_of(value: serde_json::Value) -> Vec<String> {
     match object::parse(value) {
         Err(e) => vec![e.to_string()],
-        Ok(obj) => validation::validate(&obj).errors().map(|f| f.to_string()).collect(),
+        Ok(obj) => validation::validate(&obj)
+            .errors()
+            .map(|f| f.to_string())
+            .collect(),
     }
 }
 
@@ -57,7 +65,10 @@ fn invalid_objects_are_rejected_with_their_field_path() {
                 .as_str()
                 .unwrap_or_else(|| panic!("{}#{index}: no {EXPECT} annotation", file.display()))
                 .to_string();
-            let name = value["metadata"]["name"].as_str().unwrap_or("?").to_string();
+            let name = value["metadata"]["name"]
+                .as_str()
+                .unwrap_or("?")
+                .to_string();
             cases += 1;
             let errors = errors_of(value);
             if !errors.iter().any(|e| e.contains(&expect)) {
@@ -80,14 +91,16 @@ fn assert_valid_and_round_trips(files: Vec<PathBuf>) -> usize {
         for (index, doc) in object::documents(&text) {
             let where_ = format!("{}#{index}", file.display());
             let value = doc.unwrap_or_else(|e| panic!("{where_}: {e}"));
-            let obj: IstioObject = object::parse(value.clone()).unwrap_or_else(|e| panic!("{where_}: {e}"));
+            let obj: IstioObject =
+                object::parse(value.clone()).unwrap_or_else(|e| panic!("{where_}: {e}"));
             let findings = validation::validate(&obj);
             let errors: Vec<_> = findings.errors().map(|f| f.to_string()).collect();
             assert!(errors.is_empty(), "{where_}: {errors:#?}");
             // Round trip: what we write back parses to the same object, and
             // the spec we write is the spec we read.
             let written = obj.to_value();
-            let again = object::parse(written.clone()).unwrap_or_else(|e| panic!("{where_}: re-parse: {e}"));
+            let again = object::parse(written.clone())
+                .unwrap_or_else(|e| panic!("{where_}: re-parse: {e}"));
             assert_eq!(obj, again, "{where_}: round trip changed the object");
             assert_eq!(
                 normalize(&value["spec"]),
@@ -105,9 +118,12 @@ fn assert_valid_and_round_trips(files: Vec<PathBuf>) -> usize {
 fn normalize(v: &serde_json::Value) -> serde_json::Value {
     use serde_json::Value;
     match v {
-        Value::Object(m) => Value::Object(m.iter().map(|(k, v)| (k.clone(), normalize(v))).collect()),
+        Value::Object(m) => {
+            Value::Object(m.iter().map(|(k, v)| (k.clone(), normalize(v))).collect())
+        }
         Value::Array(a) => Value::Array(a.iter().map(normalize).collect()),
         Value::Number(n) => serde_json::json!(n.as_f64()),
+        Value::String(s) if s.parse::<u32>().is_ok() => serde_json::json!(s.parse::<f64>().ok()),
         other => other.clone(),
     }
 }

@@ -12,7 +12,11 @@ mod validate;
 mod xds;
 
 #[derive(Parser)]
-#[command(name = "sextant", version, about = "An Istio-compatible service-mesh control plane")]
+#[command(
+    name = "sextant",
+    version,
+    about = "An Istio-compatible service-mesh control plane"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -57,7 +61,9 @@ fn main() -> ExitCode {
 fn init_tracing() {
     use tracing_subscriber::EnvFilter;
     tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
         .with_writer(std::io::stderr)
         .init();
 }

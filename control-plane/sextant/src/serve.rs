@@ -37,7 +37,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding the admin address {}", args.admin_addr))?;
     tracing::info!(addr = %args.admin_addr, "admin server listening");
-    let xds_routes = xds::routes();
+    let xds = xds::Xds::new(args.xds.clone());
+    let xds_routes = xds.routes();
     let router = admin::router(admin_state.clone()).merge(xds_routes);
     let admin_server = tokio::spawn(async move { axum::serve(listener, router).await });
 
@@ -55,7 +56,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     admin_state.set_ready();
 
     tokio::select! {
-        r = xds::run(store.clone(), args.xds) => r.context("xDS server")?,
+        r = xds.run(store.clone()) => r.context("xDS server")?,
         r = admin_server => r?.context("admin server")?,
         _ = tokio::signal::ctrl_c() => tracing::info!("interrupted, shutting down"),
     }

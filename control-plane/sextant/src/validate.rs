@@ -50,7 +50,8 @@ pub fn run(args: ValidateArgs) -> ExitCode {
                     continue;
                 }
             };
-            let described = describe_raw(&value).unwrap_or_else(|| format!("document {}", index + 1));
+            let described =
+                describe_raw(&value).unwrap_or_else(|| format!("document {}", index + 1));
             let obj = match object::parse(value) {
                 Ok(o) => o,
                 Err(e) => {

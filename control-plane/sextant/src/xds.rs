@@ -1,22 +1,199 @@
-//! The xDS server glue: store changes -> debounced snapshots -> pushes.
-//! (Filled in by the xDS work; until then `run` waits forever and serves
-//! nothing.)
+//! The xDS server glue: store changes -> debounced snapshots -> pushes, and
+//! the server's admin views (`/debug/syncz`, `/metrics`).
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use sextant_config::store::ConfigStore;
+use anyhow::Context;
+use axum::extract::{Query, State};
+use axum::http::header;
+use axum::response::{IntoResponse, Json};
+use axum::routing::get;
+use prometheus_client::registry::Registry;
+use sextant_config::store::{ConfigSnapshot, ConfigStore, StoreEvent};
+use sextant_generate::PassThrough;
+use sextant_xds::debounce::Debounce;
+use sextant_xds::{Push, XdsServer};
+use tokio_stream::wrappers::BroadcastStream;
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct XdsArgs {
     /// Address of the plaintext xDS server (ADS, SotW and Delta).
     #[arg(long, default_value = "0.0.0.0:15010")]
     pub xds_addr: SocketAddr,
+    /// Config changes are pushed once no other change came for this long
+    /// (Istio's PILOT_DEBOUNCE_AFTER), e.g. 100ms, 1s.
+    #[arg(long, default_value = "100ms", value_parser = parse_duration)]
+    pub debounce_quiet: Duration,
+    /// ... or at the latest this long after the first change
+    /// (PILOT_DEBOUNCE_MAX).
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub debounce_max: Duration,
 }
 
-pub async fn run(_store: Arc<ConfigStore>, _args: XdsArgs) -> anyhow::Result<()> {
-    std::future::pending().await
+/// `250ms`, `2s`, `1m`, or a bare number of milliseconds.
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (number, unit) = s.split_at(split);
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration (e.g. 100ms, 2s, 1m)"))?;
+    match unit {
+        "" | "ms" => Ok(Duration::from_millis(n)),
+        "s" => Ok(Duration::from_secs(n)),
+        "m" => Ok(Duration::from_secs(n * 60)),
+        _ => Err(format!("{s:?}: unknown unit {unit:?} (use ms, s or m)")),
+    }
 }
 
-pub fn routes() -> axum::Router {
-    axum::Router::new()
+/// The xDS server of `sextant serve`, with its metrics registry.
+pub struct Xds {
+    args: XdsArgs,
+    server: XdsServer<ConfigSnapshot>,
+    registry: Arc<Registry>,
+    /// Distinguishes versions across restarts (the store counts from 0).
+    boot: u64,
+}
+
+impl Xds {
+    /// A server with an empty snapshot; [`Xds::run`] loads the store's.
+    pub fn new(args: XdsArgs) -> Xds {
+        let server = XdsServer::new(PassThrough, Push::new("0", ConfigSnapshot::default()));
+        let mut registry = Registry::default();
+        server.metrics().register(&mut registry);
+        Xds {
+            args,
+            server,
+            registry: Arc::new(registry),
+            boot: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_secs(),
+        }
+    }
+
+    fn version(&self, snapshot: &ConfigSnapshot) -> String {
+        format!("{}-{}", self.boot, snapshot.version)
+    }
+
+    /// `/debug/syncz` (per proxy: connected since, per type: sent, ACKed and
+    /// NACKed versions; `?proxy=` filters by node id) and `/metrics`.
+    pub fn routes(&self) -> axum::Router {
+        let state = AdminState {
+            server: self.server.clone(),
+            registry: self.registry.clone(),
+        };
+        axum::Router::new()
+            .route("/debug/syncz", get(syncz))
+            .route("/metrics", get(metrics))
+            .with_state(state)
+    }
+
+    /// Serves xDS from the store's current config, and pushes every
+    /// (debounced) change, until the future is dropped.
+    pub async fn run(self, store: Arc<ConfigStore>) -> anyhow::Result<()> {
+        // Subscribe before the first snapshot: no change falls in between.
+        let events = store.subscribe();
+        let initial = store.snapshot();
+        tracing::info!(version = %self.version(&initial), objects = initial.objects.len(), "initial xDS snapshot");
+        self.server.push(Push::new(self.version(&initial), initial));
+
+        let listener = tokio::net::TcpListener::bind(self.args.xds_addr)
+            .await
+            .with_context(|| format!("binding the xDS address {}", self.args.xds_addr))?;
+        tracing::info!(addr = %self.args.xds_addr, "xDS server listening (ADS, SotW and Delta)");
+
+        let debounce = Debounce {
+            quiet: self.args.debounce_quiet,
+            max_delay: self.args.debounce_max,
+        };
+        let server = self.server.clone();
+        let _pushes = AbortOnDrop(tokio::spawn(push_loop(self, store, events, debounce)));
+        Ok(server.serve(listener, std::future::pending()).await?)
+    }
+}
+
+/// Stops the push loop with the server.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Debounces store events into snapshots for the server.
+async fn push_loop(
+    xds: Xds,
+    store: Arc<ConfigStore>,
+    events: tokio::sync::broadcast::Receiver<StoreEvent>,
+    debounce: Debounce,
+) {
+    let mut events = BroadcastStream::new(events);
+    let mut pushed = xds.server.current().snapshot.version;
+    while let Some(batch) = debounce.next_batch(&mut events).await {
+        // A refused object changes nothing (the last good version stays);
+        // a lagged receiver may have missed anything.
+        if batch
+            .events
+            .iter()
+            .all(|e| matches!(e, Ok(StoreEvent::Rejected { .. })))
+        {
+            continue;
+        }
+        let snapshot = store.snapshot();
+        if snapshot.version == pushed {
+            continue;
+        }
+        pushed = snapshot.version;
+        let version = xds.version(&snapshot);
+        tracing::info!(%version, changes = batch.events.len(), waited_ms = batch.first_at.elapsed().as_millis() as u64, "pushing a new xDS snapshot");
+        xds.server
+            .push(Push::new(version, snapshot).started_at(batch.first_at));
+    }
+}
+
+#[derive(Clone)]
+struct AdminState {
+    server: XdsServer<ConfigSnapshot>,
+    registry: Arc<Registry>,
+}
+
+#[derive(serde::Deserialize)]
+struct SynczQuery {
+    proxy: Option<String>,
+}
+
+async fn syncz(
+    State(state): State<AdminState>,
+    Query(query): Query<SynczQuery>,
+) -> impl IntoResponse {
+    let mut connections = state.server.syncz();
+    if let Some(proxy) = &query.proxy {
+        connections.retain(|c| c.node_id.contains(proxy.as_str()));
+    }
+    Json(connections)
+}
+
+async fn metrics(State(state): State<AdminState>) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, sextant_xds::metrics::CONTENT_TYPE)],
+        sextant_xds::metrics::encode(&state.registry),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("100ms"), Ok(Duration::from_millis(100)));
+        assert_eq!(parse_duration("250"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("2s"), Ok(Duration::from_secs(2)));
+        assert_eq!(parse_duration("1m"), Ok(Duration::from_secs(60)));
+        assert!(parse_duration("1h").is_err());
+        assert!(parse_duration("fast").is_err());
+    }
 }

@@ -16,10 +16,22 @@ fn samples() -> std::path::PathBuf {
 
 #[test]
 fn validate_accepts_every_istio_sample() {
-    let out = sextant().arg("validate").arg("-f").arg(samples()).output().unwrap();
+    let out = sextant()
+        .arg("validate")
+        .arg("-f")
+        .arg(samples())
+        .output()
+        .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
-    assert!(!stdout.lines().any(|l| !l.starts_with("warning: ")), "{stdout}");
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        !stdout.lines().any(|l| !l.starts_with("warning: ")),
+        "{stdout}"
+    );
 }
 
 #[test]
@@ -47,24 +59,38 @@ spec:
 "#,
     )
     .unwrap();
-    let out = sextant().current_dir(dir.path()).args(["validate", "-f", "reviews.yaml"]).output().unwrap();
+    let out = sextant()
+        .current_dir(dir.path())
+        .args(["validate", "-f", "reviews.yaml"])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(1));
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(
         stdout.lines().next().unwrap(),
         "reviews.yaml: WorkloadEntry prod/reviews: spec.portz: unknown field portz, expected one of address, ports, labels, network, locality, weight, serviceAccount"
     );
-    assert!(String::from_utf8_lossy(&out.stderr).contains("2 document(s) in 1 file(s): 1 error(s)"));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("2 document(s) in 1 file(s): 1 error(s)")
+    );
 }
 
 #[test]
 fn validate_reports_broken_yaml_and_missing_paths() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("broken.yaml"), "kind: [unclosed\n").unwrap();
-    let out = sextant().arg("validate").arg("-f").arg(dir.path()).output().unwrap();
+    let out = sextant()
+        .arg("validate")
+        .arg("-f")
+        .arg(dir.path())
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stdout).contains("broken.yaml: document 1: invalid YAML"));
-    let out = sextant().args(["validate", "-f", "/nonexistent/x.yaml"]).output().unwrap();
+    let out = sextant()
+        .args(["validate", "-f", "/nonexistent/x.yaml"])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("no such file or directory"));
 }
@@ -73,12 +99,22 @@ fn validate_reports_broken_yaml_and_missing_paths() {
 fn crds_prints_the_committed_crds() {
     let out = sextant().arg("crds").output().unwrap();
     assert!(out.status.success());
-    let committed = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../crds/istio-crds.yaml")).unwrap();
-    assert!(String::from_utf8_lossy(&out.stdout) == committed, "crds/istio-crds.yaml differs from `sextant crds`: run `make crds`");
+    let committed = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../crds/istio-crds.yaml"),
+    )
+    .unwrap();
+    assert!(
+        String::from_utf8_lossy(&out.stdout) == committed,
+        "crds/istio-crds.yaml differs from `sextant crds`: run `make crds`"
+    );
 }
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// A minimal HTTP/1.0 GET, enough for the admin endpoints.
@@ -123,7 +159,14 @@ fn serve_loads_config_dir_and_exposes_ready_and_configz() {
     let xds = format!("127.0.0.1:{}", free_port());
     let _serve = Killed(
         sextant()
-            .args(["serve", "--admin-addr", &admin.to_string(), "--xds-addr", &xds, "--config-dir"])
+            .args([
+                "serve",
+                "--admin-addr",
+                &admin.to_string(),
+                "--xds-addr",
+                &xds,
+                "--config-dir",
+            ])
             .arg(dir.path())
             .stderr(Stdio::null())
             .spawn()
@@ -138,12 +181,30 @@ fn serve_loads_config_dir_and_exposes_ready_and_configz() {
         })
     };
     let names = |v: &serde_json::Value| -> Vec<String> {
-        v["items"].as_array().unwrap().iter().map(|o| format!("{}/{}", o["kind"].as_str().unwrap(), o["metadata"]["name"].as_str().unwrap())).collect()
+        v["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|o| {
+                format!(
+                    "{}/{}",
+                    o["kind"].as_str().unwrap(),
+                    o["metadata"]["name"].as_str().unwrap()
+                )
+            })
+            .collect()
     };
     let v = configz(&|v| v["items"].as_array().is_some_and(|i| !i.is_empty()));
-    assert!(names(&v).contains(&"VirtualService/reviews".to_string()), "{:?}", names(&v));
+    assert!(
+        names(&v).contains(&"VirtualService/reviews".to_string()),
+        "{:?}",
+        names(&v)
+    );
     assert!(names(&v).contains(&"Gateway/bookinfo-gateway".to_string()));
-    assert_eq!(v["items"].as_array().unwrap()[0]["metadata"]["namespace"], "default");
+    assert_eq!(
+        v["items"].as_array().unwrap()[0]["metadata"]["namespace"],
+        "default"
+    );
 
     // A new file is picked up live, and a deleted one is dropped.
     std::fs::write(

@@ -418,7 +418,11 @@ pub struct OutlierDetection {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub consecutive_gateway_errors: Option<u32>,
     /// 5xx errors before ejection (default 5); 0 disables.
-    #[serde(default, rename = "consecutive5xxErrors", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        rename = "consecutive5xxErrors",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub consecutive_5xx_errors: Option<u32>,
     /// Time between ejection sweeps, >= 1ms (default 10s).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -559,7 +563,10 @@ pub struct Uint64 {
 
 impl Uint64 {
     pub fn new(value: u64) -> Self {
-        Self { value, quoted: false }
+        Self {
+            value,
+            quoted: false,
+        }
     }
 
     pub fn get(self) -> u64 {
@@ -596,11 +603,17 @@ impl<'de> Deserialize<'de> for Uint64 {
         match Raw::deserialize(d).map_err(|_| {
             serde::de::Error::custom("expected an unsigned integer (number or numeric string)")
         })? {
-            Raw::Int(value) => Ok(Self { value, quoted: false }),
+            Raw::Int(value) => Ok(Self {
+                value,
+                quoted: false,
+            }),
             Raw::Str(s) => s
                 .trim()
                 .parse::<u64>()
-                .map(|value| Self { value, quoted: true })
+                .map(|value| Self {
+                    value,
+                    quoted: true,
+                })
                 .map_err(|_| serde::de::Error::custom(format!("invalid unsigned integer {s:?}"))),
         }
     }
@@ -635,19 +648,49 @@ mod tests {
         }))
         .unwrap();
         let tp = spec.traffic_policy.as_ref().unwrap();
-        let ring = tp.load_balancer.as_ref().unwrap().consistent_hash.as_ref().unwrap();
-        assert_eq!(ring.ring_hash.as_ref().unwrap().minimum_ring_size.unwrap().get(), 2048);
-        assert_eq!(tp.outlier_detection.as_ref().unwrap().consecutive_5xx_errors, Some(7));
+        let ring = tp
+            .load_balancer
+            .as_ref()
+            .unwrap()
+            .consistent_hash
+            .as_ref()
+            .unwrap();
+        assert_eq!(
+            ring.ring_hash
+                .as_ref()
+                .unwrap()
+                .minimum_ring_size
+                .unwrap()
+                .get(),
+            2048
+        );
+        assert_eq!(
+            tp.outlier_detection
+                .as_ref()
+                .unwrap()
+                .consecutive_5xx_errors,
+            Some(7)
+        );
         assert_eq!(tp.tls.as_ref().unwrap().mode, Some(TlsMode::IstioMutual));
         let back = serde_json::to_value(&spec).unwrap();
-        assert_eq!(back["trafficPolicy"]["loadBalancer"]["consistentHash"]["ringHash"]["minimumRingSize"], "2048");
-        assert_eq!(back["trafficPolicy"]["outlierDetection"]["maxEjectionPercent"], 0);
-        assert_eq!(back["trafficPolicy"]["connectionPool"]["http"]["h2UpgradePolicy"], "DO_NOT_UPGRADE");
+        assert_eq!(
+            back["trafficPolicy"]["loadBalancer"]["consistentHash"]["ringHash"]["minimumRingSize"],
+            "2048"
+        );
+        assert_eq!(
+            back["trafficPolicy"]["outlierDetection"]["maxEjectionPercent"],
+            0
+        );
+        assert_eq!(
+            back["trafficPolicy"]["connectionPool"]["http"]["h2UpgradePolicy"],
+            "DO_NOT_UPGRADE"
+        );
     }
 
     #[test]
     fn typos_are_errors() {
-        let r: Result<TrafficPolicy, _> = serde_json::from_value(serde_json::json!({"loadBalancr": {}}));
+        let r: Result<TrafficPolicy, _> =
+            serde_json::from_value(serde_json::json!({"loadBalancr": {}}));
         assert!(r.is_err());
     }
 }

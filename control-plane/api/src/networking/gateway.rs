@@ -156,7 +156,9 @@ pub enum TlsMode {
 }
 
 /// `ServerTLSSettings.TLSProtocol`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema,
+)]
 pub enum TlsProtocol {
     #[serde(rename = "TLS_AUTO")]
     TlsAuto,
@@ -203,6 +205,9 @@ mod tests {
         let back = serde_json::to_value(&tls).unwrap();
         assert_eq!(back["minProtocolVersion"], "TLSV1_2");
         assert_eq!(back["mode"], "AUTO_PASSTHROUGH");
-        assert!(serde_json::from_value::<ServerTlsSettings>(serde_json::json!({"mode": "simple"})).is_err());
+        assert!(
+            serde_json::from_value::<ServerTlsSettings>(serde_json::json!({"mode": "simple"}))
+                .is_err()
+        );
     }
 }

@@ -551,7 +551,10 @@ mod tests {
             "route": [{"destination": {"host": "reviews", "subset": "v1"}, "weight": 100}]
         }))
         .unwrap();
-        assert_eq!(route.r#match[0].uri.as_ref().unwrap().prefix.as_deref(), Some("/api"));
+        assert_eq!(
+            route.r#match[0].uri.as_ref().unwrap().prefix.as_deref(),
+            Some("/api")
+        );
         let back = serde_json::to_value(&route).unwrap();
         assert!(back.get("match").is_some());
         assert_eq!(back["route"][0]["weight"], 100);
@@ -559,15 +562,19 @@ mod tests {
 
     #[test]
     fn typos_are_refused() {
-        let err = serde_json::from_value::<Destination>(serde_json::json!({"host": "a", "subsetz": "v1"}));
+        let err = serde_json::from_value::<Destination>(
+            serde_json::json!({"host": "a", "subsetz": "v1"}),
+        );
         assert!(err.is_err());
     }
 
     #[test]
     fn enums_use_proto_names() {
-        let r: HttpRedirect = serde_json::from_value(serde_json::json!({"derivePort": "FROM_REQUEST_PORT"})).unwrap();
+        let r: HttpRedirect =
+            serde_json::from_value(serde_json::json!({"derivePort": "FROM_REQUEST_PORT"})).unwrap();
         assert_eq!(r.derive_port, Some(RedirectPortSelection::FromRequestPort));
-        let c: CorsPolicy = serde_json::from_value(serde_json::json!({"unmatchedPreflights": "IGNORE"})).unwrap();
+        let c: CorsPolicy =
+            serde_json::from_value(serde_json::json!({"unmatchedPreflights": "IGNORE"})).unwrap();
         assert_eq!(c.unmatched_preflights, Some(UnmatchedPreflights::Ignore));
     }
 }

@@ -127,7 +127,11 @@ mod tests {
         let ns: RbacConfigSpec = spec.clone().into();
         assert_eq!(ClusterRbacConfigSpec::from(ns), spec);
         // `inclusion: {}` means "none" and must survive a round trip.
-        let empty: ClusterRbacConfigSpec = serde_json::from_str(r#"{"mode":"ON_WITH_INCLUSION","inclusion":{}}"#).unwrap();
-        assert_eq!(serde_json::to_string(&empty).unwrap(), r#"{"mode":"ON_WITH_INCLUSION","inclusion":{}}"#);
+        let empty: ClusterRbacConfigSpec =
+            serde_json::from_str(r#"{"mode":"ON_WITH_INCLUSION","inclusion":{}}"#).unwrap();
+        assert_eq!(
+            serde_json::to_string(&empty).unwrap(),
+            r#"{"mode":"ON_WITH_INCLUSION","inclusion":{}}"#
+        );
     }
 }

@@ -88,6 +88,8 @@ mod tests {
         let spec: ServiceRoleSpec = serde_json::from_str(json).unwrap();
         assert_eq!(spec.rules[0].ports, [8080]);
         assert_eq!(serde_json::to_string(&spec).unwrap(), json);
-        assert!(serde_json::from_str::<ServiceRoleSpec>(r#"{"rules":[{"service":["*"]}]}"#).is_err());
+        assert!(
+            serde_json::from_str::<ServiceRoleSpec>(r#"{"rules":[{"service":["*"]}]}"#).is_err()
+        );
     }
 }

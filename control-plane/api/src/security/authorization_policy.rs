@@ -229,7 +229,12 @@ mod tests {
 
     #[test]
     fn typos_are_refused() {
-        assert!(serde_json::from_str::<AuthorizationPolicySpec>(r#"{"rules":[{"from":[{"source":{"principal":["a"]}}]}]}"#).is_err());
+        assert!(
+            serde_json::from_str::<AuthorizationPolicySpec>(
+                r#"{"rules":[{"from":[{"source":{"principal":["a"]}}]}]}"#
+            )
+            .is_err()
+        );
         assert!(serde_json::from_str::<AuthorizationPolicySpec>(r#"{"action":"allow"}"#).is_err());
     }
 }

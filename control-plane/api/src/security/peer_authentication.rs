@@ -72,13 +72,22 @@ mod tests {
     fn port_level_mtls_round_trips() {
         let json = r#"{"selector":{"matchLabels":{"app":"reviews"}},"mtls":{"mode":"STRICT"},"portLevelMtls":{"8080":{"mode":"DISABLE"}}}"#;
         let spec: PeerAuthenticationSpec = serde_json::from_str(json).unwrap();
-        assert_eq!(spec.mtls.as_ref().unwrap().mode, Some(MutualTlsMode::Strict));
-        assert_eq!(spec.port_level_mtls["8080"].mode, Some(MutualTlsMode::Disable));
+        assert_eq!(
+            spec.mtls.as_ref().unwrap().mode,
+            Some(MutualTlsMode::Strict)
+        );
+        assert_eq!(
+            spec.port_level_mtls["8080"].mode,
+            Some(MutualTlsMode::Disable)
+        );
         assert_eq!(serde_json::to_string(&spec).unwrap(), json);
     }
 
     #[test]
     fn unknown_mode_is_refused() {
-        assert!(serde_json::from_str::<PeerAuthenticationSpec>(r#"{"mtls":{"mode":"strict"}}"#).is_err());
+        assert!(
+            serde_json::from_str::<PeerAuthenticationSpec>(r#"{"mtls":{"mode":"strict"}}"#)
+                .is_err()
+        );
     }
 }

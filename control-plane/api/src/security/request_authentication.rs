@@ -144,8 +144,13 @@ mod tests {
 
     #[test]
     fn jwks_uri_under_its_proto_name() {
-        let rule: JwtRule = serde_json::from_str(r#"{"issuer":"a","jwks_uri":"https://a/jwks"}"#).unwrap();
+        let rule: JwtRule =
+            serde_json::from_str(r#"{"issuer":"a","jwks_uri":"https://a/jwks"}"#).unwrap();
         assert_eq!(rule.effective_jwks_uri(), "https://a/jwks");
-        assert!(serde_json::to_string(&rule).unwrap().contains(r#""jwks_uri""#));
+        assert!(
+            serde_json::to_string(&rule)
+                .unwrap()
+                .contains(r#""jwks_uri""#)
+        );
     }
 }

@@ -44,7 +44,11 @@ pub fn host_problem(host: &str) -> Option<String> {
     let rest = match host.strip_prefix('*') {
         Some(rest) => match rest.strip_prefix('.') {
             Some(rest) => rest,
-            None => return Some(format!("host {host:?}: a wildcard must be `*` or start with `*.`")),
+            None => {
+                return Some(format!(
+                    "host {host:?}: a wildcard must be `*` or start with `*.`"
+                ));
+            }
         },
         None => host,
     };
@@ -81,26 +85,39 @@ pub fn port(f: &mut Findings, path: impl Display, port: PortNumber) {
 
 pub fn port_u32(f: &mut Findings, path: impl Display, port: u32) {
     if !(1..=65535).contains(&port) {
-        f.error(path, format!("port number {port} must be in the range 1..65535"));
+        f.error(
+            path,
+            format!("port number {port} must be in the range 1..65535"),
+        );
     }
 }
 
 /// Istio accepts durations at millisecond precision only.
 pub fn duration(f: &mut Findings, path: impl Display, d: &Duration) {
-    if d.as_std().subsec_nanos() % 1_000_000 != 0 {
+    if !d.as_std().subsec_nanos().is_multiple_of(1_000_000) {
         f.error(
             path,
-            format!("duration {d} is finer than a millisecond: only millisecond precision is supported"),
+            format!(
+                "duration {d} is finer than a millisecond: only millisecond precision is supported"
+            ),
         );
     }
 }
 
 /// A duration that must be at least `min` (Istio requires e.g. timeouts and
 /// intervals of at least 1ms).
-pub fn duration_at_least(f: &mut Findings, path: impl Display + Clone, d: &Duration, min: std::time::Duration) {
+pub fn duration_at_least(
+    f: &mut Findings,
+    path: impl Display + Clone,
+    d: &Duration,
+    min: std::time::Duration,
+) {
     duration(f, path.clone(), d);
     if d.as_std() < min {
-        f.error(path, format!("duration {d} must be at least {}ms", min.as_millis()));
+        f.error(
+            path,
+            format!("duration {d} must be at least {}ms", min.as_millis()),
+        );
     }
 }
 
@@ -111,7 +128,10 @@ pub fn percent(f: &mut Findings, path: impl Display, p: &Percent) {
 
 pub fn percent_value(f: &mut Findings, path: impl Display, value: f64) {
     if !(0.0..=100.0).contains(&value) || value.is_nan() {
-        f.error(path, format!("percentage {value} must be in the range 0..100"));
+        f.error(
+            path,
+            format!("percentage {value} must be in the range 0..100"),
+        );
     }
 }
 
@@ -180,7 +200,9 @@ fn label_key_problem(key: &str) -> Option<String> {
     if let Some(prefix) = prefix
         && (prefix.is_empty() || prefix.len() > 253 || !prefix.split('.').all(is_dns1123_label))
     {
-        return Some(format!("label key {key:?} has an invalid prefix (must be a DNS subdomain)"));
+        return Some(format!(
+            "label key {key:?} has an invalid prefix (must be a DNS subdomain)"
+        ));
     }
     if !is_label_name(name) {
         return Some(format!(
@@ -197,7 +219,9 @@ pub fn dns_label(f: &mut Findings, path: impl Display, what: &str, name: &str) {
     } else if !is_dns1123_label(name) {
         f.error(
             path,
-            format!("{what} {name:?} is not a valid DNS-1123 label (lowercase letters, digits and '-')"),
+            format!(
+                "{what} {name:?} is not a valid DNS-1123 label (lowercase letters, digits and '-')"
+            ),
         );
     }
 }
@@ -219,10 +243,20 @@ pub fn unique<'a>(
 /// Istio's `exportTo`: `.` (own namespace), `*` (all), `~` (nobody; only
 /// where `allow_none`, i.e. ServiceEntry) or namespace names; no duplicates
 /// (`.` counts as `namespace`), and `*` or `~` only on their own.
-pub fn export_to(f: &mut Findings, path: impl Display, namespace: &str, export_to: &[String], allow_none: bool) {
+pub fn export_to(
+    f: &mut Findings,
+    path: impl Display,
+    namespace: &str,
+    export_to: &[String],
+    allow_none: bool,
+) {
     let mut seen = std::collections::HashSet::new();
     for (i, entry) in export_to.iter().enumerate() {
-        let key = if entry == "." && !namespace.is_empty() { namespace } else { entry.as_str() };
+        let key = if entry == "." && !namespace.is_empty() {
+            namespace
+        } else {
+            entry.as_str()
+        };
         let valid = match entry.as_str() {
             "." | "*" => true,
             "~" => allow_none,
@@ -231,15 +265,24 @@ pub fn export_to(f: &mut Findings, path: impl Display, namespace: &str, export_t
         if !valid {
             f.error(
                 format_args!("{path}[{i}]"),
-                format!("exportTo value {entry:?} is not \".\", \"*\"{} or a namespace name", if allow_none { ", \"~\"" } else { "" }),
+                format!(
+                    "exportTo value {entry:?} is not \".\", \"*\"{} or a namespace name",
+                    if allow_none { ", \"~\"" } else { "" }
+                ),
             );
         } else if !seen.insert(key) {
-            f.error(format_args!("{path}[{i}]"), format!("duplicate exportTo entry {entry:?}"));
+            f.error(
+                format_args!("{path}[{i}]"),
+                format!("duplicate exportTo entry {entry:?}"),
+            );
         }
     }
     if export_to.len() > 1 {
         if export_to.iter().any(|e| e == "*") {
-            f.error(&path, "cannot have both public (*) and non-public exportTo values");
+            f.error(
+                &path,
+                "cannot have both public (*) and non-public exportTo values",
+            );
         }
         if allow_none && export_to.iter().any(|e| e == "~") {
             f.error(&path, "cannot export to no one (~) and someone");
@@ -250,7 +293,18 @@ pub fn export_to(f: &mut Findings, path: impl Display, namespace: &str, export_t
 /// The protocols Istio knows for a port name or `protocol` field
 /// (case-insensitive); empty means "sniff".
 pub const PROTOCOLS: &[&str] = &[
-    "HTTP", "HTTPS", "GRPC", "GRPC-WEB", "HTTP2", "HTTP_PROXY", "MONGO", "MYSQL", "REDIS", "TCP", "TLS", "UDP",
+    "HTTP",
+    "HTTPS",
+    "GRPC",
+    "GRPC-WEB",
+    "HTTP2",
+    "HTTP_PROXY",
+    "MONGO",
+    "MYSQL",
+    "REDIS",
+    "TCP",
+    "TLS",
+    "UDP",
 ];
 
 /// Checks a port protocol is one Istio knows (empty is allowed: sniffing).
@@ -258,7 +312,10 @@ pub fn protocol(f: &mut Findings, path: impl Display, protocol: &str) {
     if !protocol.is_empty() && !PROTOCOLS.iter().any(|p| p.eq_ignore_ascii_case(protocol)) {
         f.error(
             path,
-            format!("unsupported protocol {protocol:?} (expected one of {})", PROTOCOLS.join(", ")),
+            format!(
+                "unsupported protocol {protocol:?} (expected one of {})",
+                PROTOCOLS.join(", ")
+            ),
         );
     }
 }
@@ -272,7 +329,9 @@ pub fn protocol_is_http(protocol: &str) -> bool {
 
 /// TLS-family protocols (routed by SNI): HTTPS, TLS.
 pub fn protocol_is_tls(protocol: &str) -> bool {
-    ["HTTPS", "TLS"].iter().any(|p| p.eq_ignore_ascii_case(protocol))
+    ["HTTPS", "TLS"]
+        .iter()
+        .any(|p| p.eq_ignore_ascii_case(protocol))
 }
 
 /// An IPv4 or IPv6 address (no port, no prefix length).
@@ -292,7 +351,8 @@ pub fn ip_subnet(f: &mut Findings, path: impl Display, subnet: &str) {
         Ok(std::net::IpAddr::V6(_)) => 128,
         Err(_) => return f.error(path, format!("{subnet:?} is not a valid CIDR block")),
     };
-    if !len.bytes().all(|b| b.is_ascii_digit()) || !matches!(len.parse::<u32>(), Ok(l) if l <= max) {
+    if !len.bytes().all(|b| b.is_ascii_digit()) || !matches!(len.parse::<u32>(), Ok(l) if l <= max)
+    {
         f.error(path, format!("{subnet:?} is not a valid CIDR block"));
     }
 }
@@ -313,10 +373,24 @@ mod tests {
 
     #[test]
     fn hosts() {
-        for ok in ["reviews", "reviews.default.svc.cluster.local", "*", "*.example.com", "Example.COM"] {
+        for ok in [
+            "reviews",
+            "reviews.default.svc.cluster.local",
+            "*",
+            "*.example.com",
+            "Example.COM",
+        ] {
             assert_eq!(host_problem(ok), None, "{ok}");
         }
-        for bad in ["", "*foo.com", "foo.*.com", "-a.com", "a..b", "a_b.com", "*."] {
+        for bad in [
+            "",
+            "*foo.com",
+            "foo.*.com",
+            "-a.com",
+            "a..b",
+            "a_b.com",
+            "*.",
+        ] {
             assert!(host_problem(bad).is_some(), "{bad}");
         }
     }

@@ -9,19 +9,19 @@ use std::fmt;
 
 use crate::object::IstioObject;
 
-pub mod fields;
-pub mod virtual_service;
-pub mod destination_rule;
-pub mod gateway;
-pub mod service_entry;
-pub mod workload_entry;
-pub mod sidecar;
-pub mod peer_authentication;
 pub mod authorization_policy;
+pub mod destination_rule;
+pub mod fields;
+pub mod gateway;
+pub mod peer_authentication;
+pub mod rbac_config;
 pub mod request_authentication;
+pub mod service_entry;
 pub mod service_role;
 pub mod service_role_binding;
-pub mod rbac_config;
+pub mod sidecar;
+pub mod virtual_service;
+pub mod workload_entry;
 
 /// How bad a finding is: an error refuses the object, a warning is printed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -81,7 +81,9 @@ impl Findings {
     }
 
     pub fn warnings(&self) -> impl Iterator<Item = &Finding> {
-        self.items.iter().filter(|f| f.severity == Severity::Warning)
+        self.items
+            .iter()
+            .filter(|f| f.severity == Severity::Warning)
     }
 }
 

@@ -1,0 +1,293 @@
+//! Incremental (Delta) streams (`DeltaAggregatedResources` and the
+//! standalone `Delta*` methods).
+//!
+//! Per type: the subscription, and the version of every resource the proxy
+//! has (from `initial_resource_versions` on reconnect, then from what it was
+//! sent). A response carries only resources whose version differs, and
+//! `removed_resources` for what the proxy has but should not (or asked for
+//! and does not exist).
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::Arc;
+
+use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DeltaDiscoveryResponse, Resource as DeltaResource};
+use prost::Message;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::{Stream, StreamExt};
+use tonic::Status;
+use tracing::Instrument;
+
+use crate::proxy::Proxy;
+use crate::server::{Conn, Push, Service, Shared, Stop};
+use crate::subscription::{Subscription, WILDCARD};
+use crate::type_url;
+
+/// Responses remembered per type for matching ACKs; older ones are
+/// forgotten (an ACK for them is then counted as expired).
+const OUTSTANDING: usize = 32;
+
+#[derive(Default)]
+struct TypeState {
+    subscription: Subscription,
+    /// Name -> version of every resource the proxy has.
+    has: BTreeMap<String, String>,
+    /// Subscribed names already reported as not existing.
+    absent: BTreeSet<String>,
+    /// (nonce, system version) of responses not yet answered.
+    outstanding: VecDeque<(String, String)>,
+    acked_version: String,
+}
+
+pub(crate) fn spawn<S, R>(shared: Arc<Shared<S>>, requests: R, service: Service) -> ReceiverStream<Result<DeltaDiscoveryResponse, Status>>
+where
+    S: Send + Sync + 'static,
+    R: Stream<Item = Result<DeltaDiscoveryRequest, Status>> + Unpin + Send + 'static,
+{
+    let (tx, rx) = mpsc::channel(shared.options.send_queue.max(1));
+    tokio::spawn(run(shared, requests, tx, service));
+    ReceiverStream::new(rx)
+}
+
+async fn run<S, R>(shared: Arc<Shared<S>>, mut requests: R, tx: mpsc::Sender<Result<DeltaDiscoveryResponse, Status>>, service: Service)
+where
+    S: Send + Sync + 'static,
+    R: Stream<Item = Result<DeltaDiscoveryRequest, Status>> + Unpin,
+{
+    let first = match requests.next().await {
+        Some(Ok(request)) => request,
+        Some(Err(status)) => {
+            tracing::debug!(%status, "xDS stream failed before its first request");
+            return;
+        }
+        None => return,
+    };
+    let proxy = match Proxy::from_node(first.node.as_ref()) {
+        Ok(proxy) => proxy,
+        Err(error) => {
+            tracing::warn!(node = ?first.node.as_ref().map(|n| &n.id), %error, "refusing an xDS stream");
+            let _ = tx.send(Err(Status::invalid_argument(error.to_string()))).await;
+            return;
+        }
+    };
+    let (conn, id) = Conn::open(shared, proxy, "delta", service);
+    let span = tracing::info_span!("xds", conn = id, node = %conn.proxy.id, protocol = "delta", service = service.name);
+    let mut stream = DeltaStream {
+        conn,
+        tx,
+        service,
+        types: BTreeMap::new(),
+    };
+    async move {
+        tracing::info!("proxy connected");
+        match stream.serve(first, &mut requests).await {
+            Stop::Closed => tracing::info!("proxy disconnected"),
+            Stop::Invalid(status) => {
+                tracing::warn!(%status, "ending the stream: protocol error");
+                let _ = stream.tx.send(Err(status)).await;
+            }
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+struct DeltaStream<S> {
+    conn: Conn<S>,
+    tx: mpsc::Sender<Result<DeltaDiscoveryResponse, Status>>,
+    service: Service,
+    types: BTreeMap<String, TypeState>,
+}
+
+impl<S: Send + Sync + 'static> DeltaStream<S> {
+    async fn serve<R>(&mut self, first: DeltaDiscoveryRequest, requests: &mut R) -> Stop
+    where
+        R: Stream<Item = Result<DeltaDiscoveryRequest, Status>> + Unpin,
+    {
+        let mut snapshots = self.conn.shared.snapshots.subscribe();
+        let mut shutdown = self.conn.shared.shutdown.subscribe();
+        if *shutdown.borrow_and_update() {
+            return Stop::Closed;
+        }
+        self.conn.push = snapshots.borrow_and_update().clone();
+        if let Err(stop) = self.handle(first).await {
+            return stop;
+        }
+        loop {
+            let step = tokio::select! {
+                biased;
+                _ = shutdown.changed() => Err(Stop::Closed),
+                changed = snapshots.changed() => match changed {
+                    Ok(()) => {
+                        let push = snapshots.borrow_and_update().clone();
+                        self.on_push(push).await
+                    }
+                    Err(_) => Err(Stop::Closed),
+                },
+                request = requests.next() => match request {
+                    Some(Ok(request)) => self.handle(request).await,
+                    Some(Err(status)) => {
+                        tracing::debug!(%status, "request stream failed");
+                        Err(Stop::Closed)
+                    }
+                    None => Err(Stop::Closed),
+                },
+            };
+            if let Err(stop) = step {
+                return stop;
+            }
+        }
+    }
+
+    async fn handle(&mut self, request: DeltaDiscoveryRequest) -> Result<(), Stop> {
+        let type_url = self.service.resolve(&request.type_url).map_err(Stop::Invalid)?;
+        let first = !self.types.contains_key(&type_url);
+        let state = self.types.entry(type_url.clone()).or_default();
+
+        if !request.response_nonce.is_empty() {
+            match state.outstanding.iter().position(|(n, _)| *n == request.response_nonce) {
+                Some(i) => {
+                    // Answers come in order: older responses are settled too.
+                    let (nonce, version) = state.outstanding.drain(..=i).last().expect("drained one");
+                    match &request.error_detail {
+                        Some(error) => {
+                            let kept = state.acked_version.clone();
+                            self.conn.nacked(&type_url, &version, &kept, &nonce, Some(error));
+                        }
+                        None => {
+                            state.acked_version = version.clone();
+                            self.conn.acked(&type_url, &version, &nonce);
+                        }
+                    }
+                }
+                None => {
+                    self.conn.shared.metrics.expired(&type_url);
+                    tracing::debug!(r#type = type_url::short_name(&type_url), nonce = %request.response_nonce, "answer for an unknown or forgotten response");
+                }
+            }
+        }
+
+        let state = self.types.get_mut(&type_url).expect("type state");
+        let respond = if first {
+            state.subscription = Subscription::delta_initial(&request.resource_names_subscribe);
+            // What the proxy kept from an earlier stream: not resent if
+            // unchanged.
+            let subscription = &state.subscription;
+            state.has = request
+                .initial_resource_versions
+                .into_iter()
+                .filter(|(name, _)| subscription.matches(name))
+                .collect();
+            true
+        } else {
+            for name in &request.resource_names_unsubscribe {
+                state.has.remove(name);
+                state.absent.remove(name);
+            }
+            for name in request.resource_names_subscribe.iter().filter(|n| *n != WILDCARD) {
+                // A (re)subscribed resource must be sent, even if the proxy
+                // seems to have it.
+                state.has.remove(name);
+                state.absent.remove(name);
+            }
+            state
+                .subscription
+                .delta_update(&request.resource_names_subscribe, &request.resource_names_unsubscribe)
+        };
+        if !request.resource_names_subscribe.is_empty() || !request.resource_names_unsubscribe.is_empty() || first {
+            let subscription = state.subscription.clone();
+            self.conn.status.update_type(&type_url, |t| t.subscription = subscription);
+            tracing::debug!(
+                r#type = type_url::short_name(&type_url),
+                subscribe = ?request.resource_names_subscribe,
+                unsubscribe = ?request.resource_names_unsubscribe,
+                "subscription changed"
+            );
+        }
+        if respond {
+            self.respond(&type_url, first).await?;
+        }
+        Ok(())
+    }
+
+    async fn on_push(&mut self, push: Arc<Push<S>>) -> Result<(), Stop> {
+        self.conn.push = push.clone();
+        let span = tracing::debug_span!("push", version = %push.version);
+        async {
+            let mut order: Vec<String> = self.types.keys().cloned().collect();
+            order.sort_by_key(|t| (type_url::push_rank(t), t.clone()));
+            let mut sent = false;
+            for type_url in order {
+                sent |= self.respond(&type_url, false).await?;
+            }
+            if sent {
+                self.conn.shared.metrics.convergence.observe(push.started.elapsed().as_secs_f64());
+            }
+            Ok(())
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// Sends what the proxy lacks or has in an old version, and removals.
+    /// `force` sends a response even if empty (the first answer for a type,
+    /// which Envoy waits for to finish initializing).
+    async fn respond(&mut self, type_url: &str, force: bool) -> Result<bool, Stop> {
+        let state = self.types.get_mut(type_url).expect("subscribed type");
+        let Some(generated) = self.conn.generate(type_url, &state.subscription) else {
+            return Ok(false);
+        };
+        let mut removed: Vec<String> = state.has.keys().filter(|n| !generated.contains_key(*n)).cloned().collect();
+        for name in &removed {
+            state.has.remove(name);
+            if state.subscription.names.contains(name) {
+                state.absent.insert(name.clone());
+            }
+        }
+        // Named and missing: say so once, so the proxy need not wait for a
+        // timeout.
+        for name in &state.subscription.names {
+            if !generated.contains_key(name) && state.absent.insert(name.clone()) {
+                removed.push(name.clone());
+            }
+        }
+        let mut resources = Vec::new();
+        for (name, resource) in generated {
+            state.absent.remove(&name);
+            if state.has.get(&name) == Some(&resource.version) {
+                continue;
+            }
+            state.has.insert(name.clone(), resource.version.clone());
+            resources.push(DeltaResource {
+                name,
+                version: resource.version,
+                resource: Some(resource.body),
+                ..Default::default()
+            });
+        }
+        if !force && resources.is_empty() && removed.is_empty() {
+            return Ok(false);
+        }
+        let nonce = self.conn.next_nonce();
+        let version = self.conn.push.version.clone();
+        state.outstanding.push_back((nonce.clone(), version.clone()));
+        while state.outstanding.len() > OUTSTANDING {
+            state.outstanding.pop_front();
+        }
+        let response = DeltaDiscoveryResponse {
+            system_version_info: version.clone(),
+            resources,
+            type_url: type_url.to_string(),
+            removed_resources: removed,
+            nonce: nonce.clone(),
+            control_plane: self.conn.shared.control_plane(),
+            ..Default::default()
+        };
+        let (count, removals, bytes) = (response.resources.len(), response.removed_resources.len(), response.encoded_len());
+        if self.tx.send(Ok(response)).await.is_err() {
+            self.conn.shared.metrics.push_error(type_url);
+            return Err(Stop::Closed);
+        }
+        self.conn.sent(type_url, &version, &nonce, count, removals, bytes);
+        Ok(true)
+    }
+}

@@ -1,0 +1,457 @@
+//! The server: snapshots in, gRPC services out.
+use std::collections::{BTreeMap, BTreeSet};
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use envoy_types::pb::envoy::config::core::v3::ControlPlane;
+use envoy_types::pb::envoy::service::cluster::v3::cluster_discovery_service_server::{
+    ClusterDiscoveryService, ClusterDiscoveryServiceServer,
+};
+use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::{
+    AggregatedDiscoveryService, AggregatedDiscoveryServiceServer,
+};
+use envoy_types::pb::envoy::service::discovery::v3::{
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
+};
+use envoy_types::pb::envoy::service::endpoint::v3::endpoint_discovery_service_server::{
+    EndpointDiscoveryService, EndpointDiscoveryServiceServer,
+};
+use envoy_types::pb::envoy::service::listener::v3::listener_discovery_service_server::{
+    ListenerDiscoveryService, ListenerDiscoveryServiceServer,
+};
+use envoy_types::pb::envoy::service::route::v3::route_discovery_service_server::{
+    RouteDiscoveryService, RouteDiscoveryServiceServer,
+};
+use envoy_types::pb::envoy::service::secret::v3::secret_discovery_service_server::{
+    SecretDiscoveryService, SecretDiscoveryServiceServer,
+};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::service::Routes;
+use tonic::transport::server::TcpIncoming;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::generator::{BoxError, Generator, ResourceRequest};
+use crate::metrics::Metrics;
+use crate::proxy::Proxy;
+use crate::resource::Resource;
+use crate::status::{ConnectionStatus, Nack, StatusHandle, StatusRegistry};
+use crate::subscription::Subscription;
+use crate::{delta, sotw, type_url};
+
+/// One snapshot as the server pushes it.
+#[derive(Debug)]
+pub struct Push<S> {
+    /// Sent as `version_info` (SotW) and `system_version_info` (Delta).
+    pub version: String,
+    pub snapshot: Arc<S>,
+    /// When the first change behind this snapshot happened: the start of
+    /// the convergence clock.
+    pub started: Instant,
+}
+
+impl<S> Push<S> {
+    pub fn new(version: impl Into<String>, snapshot: S) -> Push<S> {
+        Push {
+            version: version.into(),
+            snapshot: Arc::new(snapshot),
+            started: Instant::now(),
+        }
+    }
+
+    pub fn started_at(mut self, started: Instant) -> Push<S> {
+        self.started = started;
+        self
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct ServerOptions {
+    /// Responses queued per stream before the stream's task waits for the
+    /// proxy to read. Snapshots that arrive meanwhile are not queued: the
+    /// stream catches up with the newest one.
+    pub send_queue: usize,
+    /// HTTP/2 keepalive pings, to notice dead proxies.
+    pub keepalive_interval: Duration,
+    pub keepalive_timeout: Duration,
+    /// Concurrent gRPC streams per HTTP/2 connection.
+    pub max_concurrent_streams: u32,
+    /// `control_plane.identifier` in every response.
+    pub identifier: String,
+}
+
+impl Default for ServerOptions {
+    fn default() -> Self {
+        ServerOptions {
+            send_queue: 8,
+            keepalive_interval: Duration::from_secs(30),
+            keepalive_timeout: Duration::from_secs(10),
+            max_concurrent_streams: 4096,
+            identifier: "sextant".to_string(),
+        }
+    }
+}
+
+pub(crate) struct Shared<S> {
+    generator: Box<dyn Generator<S>>,
+    pub(crate) snapshots: watch::Sender<Arc<Push<S>>>,
+    pub(crate) shutdown: watch::Sender<bool>,
+    pub(crate) status: Arc<StatusRegistry>,
+    pub(crate) metrics: Metrics,
+    pub(crate) options: ServerOptions,
+    next_id: AtomicU64,
+}
+
+impl<S: Send + Sync + 'static> Shared<S> {
+    /// Asks the generator for one type and keeps what the subscription
+    /// names, by name.
+    pub(crate) fn generate(
+        &self,
+        push: &Push<S>,
+        proxy: &Proxy,
+        type_url: &str,
+        subscription: &Subscription,
+    ) -> Result<BTreeMap<String, Resource>, BoxError> {
+        let request = ResourceRequest {
+            type_url,
+            names: subscription.hint(),
+        };
+        let generated = self.generator.generate(&push.snapshot, proxy, &request)?;
+        let mut out = BTreeMap::new();
+        for resource in generated {
+            if resource.type_url() != type_url {
+                return Err(format!(
+                    "the generator returned {} {:?} for a {type_url} request",
+                    resource.type_url(),
+                    resource.name
+                )
+                .into());
+            }
+            if subscription.matches(&resource.name) {
+                if let Some(previous) = out.insert(resource.name.clone(), resource) {
+                    tracing::warn!(name = %previous.name, type_url, "the generator returned a resource name twice; keeping the last");
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    pub(crate) fn control_plane(&self) -> Option<ControlPlane> {
+        Some(ControlPlane {
+            identifier: self.options.identifier.clone(),
+        })
+    }
+}
+
+/// The xDS server. Cheap to clone; all clones serve the same snapshots.
+pub struct XdsServer<S> {
+    shared: Arc<Shared<S>>,
+}
+
+impl<S> Clone for XdsServer<S> {
+    fn clone(&self) -> Self {
+        XdsServer {
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+impl<S: Send + Sync + 'static> XdsServer<S> {
+    pub fn new(generator: impl Generator<S>, initial: Push<S>) -> XdsServer<S> {
+        XdsServer::with_options(generator, initial, ServerOptions::default())
+    }
+
+    pub fn with_options(generator: impl Generator<S>, initial: Push<S>, options: ServerOptions) -> XdsServer<S> {
+        let (snapshots, _) = watch::channel(Arc::new(initial));
+        let (shutdown, _) = watch::channel(false);
+        XdsServer {
+            shared: Arc::new(Shared {
+                generator: Box::new(generator),
+                snapshots,
+                shutdown,
+                status: Arc::default(),
+                metrics: Metrics::default(),
+                options,
+                next_id: AtomicU64::new(1),
+            }),
+        }
+    }
+
+    /// Makes a snapshot current. Every stream regenerates what it
+    /// subscribed to and sends what changed; a stream still busy with an
+    /// older snapshot skips straight to this one.
+    pub fn push(&self, push: Push<S>) {
+        tracing::debug!(version = %push.version, "new snapshot");
+        self.shared.snapshots.send_replace(Arc::new(push));
+    }
+
+    /// The current snapshot.
+    pub fn current(&self) -> Arc<Push<S>> {
+        self.shared.snapshots.borrow().clone()
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.shared.metrics
+    }
+
+    /// Every connected stream, what it was sent and what it acknowledged.
+    pub fn syncz(&self) -> Vec<ConnectionStatus> {
+        self.shared.status.list()
+    }
+
+    /// The ADS service and the standalone CDS, EDS, LDS, RDS and SDS
+    /// services, to add to a tonic server.
+    pub fn routes(&self) -> Routes {
+        let s = &self.shared;
+        Routes::new(AggregatedDiscoveryServiceServer::new(Ads(s.clone())))
+            .add_service(ClusterDiscoveryServiceServer::new(Cds(s.clone())))
+            .add_service(EndpointDiscoveryServiceServer::new(Eds(s.clone())))
+            .add_service(ListenerDiscoveryServiceServer::new(Lds(s.clone())))
+            .add_service(RouteDiscoveryServiceServer::new(Rds(s.clone())))
+            .add_service(SecretDiscoveryServiceServer::new(Sds(s.clone())))
+    }
+
+    /// Serves plaintext gRPC on a listener until `shutdown` completes, then
+    /// ends every stream (proxies reconnect elsewhere, or here later).
+    pub async fn serve(&self, listener: TcpListener, shutdown: impl Future<Output = ()>) -> Result<(), tonic::transport::Error> {
+        let incoming = TcpIncoming::from(listener)
+            .with_nodelay(Some(true))
+            .with_keepalive(Some(self.shared.options.keepalive_interval));
+        let shared = self.shared.clone();
+        tonic::transport::Server::builder()
+            .http2_keepalive_interval(Some(self.shared.options.keepalive_interval))
+            .http2_keepalive_timeout(Some(self.shared.options.keepalive_timeout))
+            .max_concurrent_streams(self.shared.options.max_concurrent_streams)
+            .add_routes(self.routes())
+            .serve_with_incoming_shutdown(incoming, async move {
+                shutdown.await;
+                shared.shutdown.send_replace(true);
+            })
+            .await
+    }
+
+    /// Ends every stream now (without stopping the listener).
+    pub fn disconnect_all(&self) {
+        self.shared.shutdown.send_replace(true);
+        self.shared.shutdown.send_replace(false);
+    }
+}
+
+/// Which gRPC service a stream came in on.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Service {
+    pub name: &'static str,
+    /// Standalone services serve one type; ADS any.
+    pub type_url: Option<&'static str>,
+}
+
+impl Service {
+    pub(crate) const ADS: Service = Service {
+        name: "ads",
+        type_url: None,
+    };
+
+    /// The type a request is about: standalone services may leave it empty.
+    pub(crate) fn resolve(&self, requested: &str) -> Result<String, Status> {
+        match (self.type_url, requested) {
+            (Some(only), "") => Ok(only.to_string()),
+            (Some(only), t) if t != only => Err(Status::invalid_argument(format!(
+                "the {} service serves {only}, not {t}",
+                self.name.to_uppercase()
+            ))),
+            (None, "") => Err(Status::invalid_argument("an ADS request must name its type_url")),
+            (_, t) => Ok(t.to_string()),
+        }
+    }
+}
+
+/// Why a stream's task stops.
+pub(crate) enum Stop {
+    /// The proxy went away (or the server shuts down).
+    Closed,
+    /// The proxy broke the protocol: end the stream with this status.
+    Invalid(Status),
+}
+
+/// A stream's state common to SotW and Delta.
+pub(crate) struct Conn<S> {
+    pub shared: Arc<Shared<S>>,
+    pub proxy: Proxy,
+    pub status: StatusHandle,
+    /// The snapshot this stream is on.
+    pub push: Arc<Push<S>>,
+    nonces: u64,
+    /// Types whose latest answer is a NACK (for the reject gauges).
+    nacking: BTreeSet<String>,
+}
+
+impl<S: Send + Sync + 'static> Conn<S> {
+    /// Registers a stream once its node is known.
+    pub(crate) fn open(shared: Arc<Shared<S>>, proxy: Proxy, protocol: &'static str, service: Service) -> (Conn<S>, u64) {
+        let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
+        let status = shared.status.register(id, &proxy, protocol, service.name);
+        shared.metrics.connected.inc();
+        let push = shared.snapshots.borrow().clone();
+        (
+            Conn {
+                shared,
+                proxy,
+                status,
+                push,
+                nonces: 0,
+                nacking: BTreeSet::new(),
+            },
+            id,
+        )
+    }
+
+    pub(crate) fn next_nonce(&mut self) -> String {
+        self.nonces += 1;
+        format!("{:x}", self.nonces)
+    }
+
+    /// Generates one type for this proxy from the stream's snapshot; a
+    /// failure is logged and counted, and the type is left as it was.
+    pub(crate) fn generate(&self, type_url: &str, subscription: &Subscription) -> Option<BTreeMap<String, Resource>> {
+        match self.shared.generate(&self.push, &self.proxy, type_url, subscription) {
+            Ok(resources) => Some(resources),
+            Err(error) => {
+                self.shared.metrics.push_error(type_url);
+                tracing::error!(type_url, version = %self.push.version, %error, "generating resources failed; the proxy keeps what it has");
+                None
+            }
+        }
+    }
+
+    pub(crate) fn acked(&mut self, type_url: &str, version: &str, nonce: &str) {
+        tracing::debug!(r#type = type_url::short_name(type_url), version, nonce, "ACK");
+        self.status.update_type(type_url, |t| t.acked(version, nonce));
+        if self.nacking.remove(type_url) {
+            self.shared.metrics.rejecting(type_url, false);
+        }
+    }
+
+    pub(crate) fn nacked(&mut self, type_url: &str, rejected_version: &str, kept_version: &str, nonce: &str, error: Option<&envoy_types::pb::google::rpc::Status>) {
+        let (code, message) = error.map(|e| (e.code, e.message.clone())).unwrap_or_default();
+        tracing::warn!(
+            r#type = type_url::short_name(type_url),
+            rejected_version,
+            kept_version,
+            nonce,
+            code,
+            error = %message,
+            "proxy rejected the configuration (NACK); it keeps its last accepted version"
+        );
+        self.shared.metrics.rejected(type_url);
+        if self.nacking.insert(type_url.to_string()) {
+            self.shared.metrics.rejecting(type_url, true);
+        }
+        self.status.update_type(type_url, |t| {
+            t.nacked(Nack {
+                nonce: nonce.to_string(),
+                rejected_version: rejected_version.to_string(),
+                kept_version: kept_version.to_string(),
+                code,
+                message,
+                at: crate::status::now(),
+            })
+        });
+    }
+
+    /// Records a sent response in metrics and status.
+    pub(crate) fn sent(&self, type_url: &str, version: &str, nonce: &str, resources: usize, removals: usize, bytes: usize) {
+        self.shared.metrics.pushed(type_url, bytes);
+        self.status.update_type(type_url, |t| t.sent(version, nonce, resources, removals));
+        tracing::debug!(r#type = type_url::short_name(type_url), version, nonce, resources, removals, "sent");
+    }
+}
+
+impl<S> Drop for Conn<S> {
+    fn drop(&mut self) {
+        self.shared.metrics.connected.dec();
+        for type_url in &self.nacking {
+            if let Some(gauge) = self.shared.metrics.rejecting.get(type_url::push_rank(type_url)) {
+                gauge.dec();
+            }
+        }
+    }
+}
+
+/// The single-type answer of the standalone services' unary `Fetch*`.
+fn fetch<S: Send + Sync + 'static>(shared: &Shared<S>, request: DiscoveryRequest, service: Service) -> Result<DiscoveryResponse, Status> {
+    let type_url = service.resolve(&request.type_url)?;
+    let proxy = Proxy::from_node(request.node.as_ref()).map_err(|e| Status::invalid_argument(e.to_string()))?;
+    let subscription = Subscription::sotw(None, &request.resource_names);
+    let push = shared.snapshots.borrow().clone();
+    let resources = shared
+        .generate(&push, &proxy, &type_url, &subscription)
+        .map_err(|e| Status::internal(format!("generating {type_url}: {e}")))?;
+    Ok(DiscoveryResponse {
+        version_info: push.version.clone(),
+        resources: resources.into_values().map(|r| r.body).collect(),
+        type_url,
+        control_plane: shared.control_plane(),
+        ..Default::default()
+    })
+}
+
+type SotwStream = ReceiverStream<Result<DiscoveryResponse, Status>>;
+type DeltaStream = ReceiverStream<Result<DeltaDiscoveryResponse, Status>>;
+
+struct Ads<S>(Arc<Shared<S>>);
+
+#[tonic::async_trait]
+impl<S: Send + Sync + 'static> AggregatedDiscoveryService for Ads<S> {
+    type StreamAggregatedResourcesStream = SotwStream;
+    type DeltaAggregatedResourcesStream = DeltaStream;
+
+    async fn stream_aggregated_resources(&self, request: Request<Streaming<DiscoveryRequest>>) -> Result<Response<SotwStream>, Status> {
+        Ok(Response::new(sotw::spawn(self.0.clone(), request.into_inner(), Service::ADS)))
+    }
+
+    async fn delta_aggregated_resources(&self, request: Request<Streaming<DeltaDiscoveryRequest>>) -> Result<Response<DeltaStream>, Status> {
+        Ok(Response::new(delta::spawn(self.0.clone(), request.into_inner(), Service::ADS)))
+    }
+}
+
+/// The standalone services: the same streams, restricted to one type.
+macro_rules! standalone {
+    ($svc:ident, $trait:ident, $name:literal, $type_url:expr, $stream:ident / $Stream:ident, $delta:ident / $Delta:ident, $fetch:ident) => {
+        struct $svc<S>(Arc<Shared<S>>);
+
+        impl<S> $svc<S> {
+            const SERVICE: Service = Service {
+                name: $name,
+                type_url: Some($type_url),
+            };
+        }
+
+        #[tonic::async_trait]
+        impl<S: Send + Sync + 'static> $trait for $svc<S> {
+            type $Stream = SotwStream;
+            type $Delta = DeltaStream;
+
+            async fn $stream(&self, request: Request<Streaming<DiscoveryRequest>>) -> Result<Response<SotwStream>, Status> {
+                Ok(Response::new(sotw::spawn(self.0.clone(), request.into_inner(), Self::SERVICE)))
+            }
+
+            async fn $delta(&self, request: Request<Streaming<DeltaDiscoveryRequest>>) -> Result<Response<DeltaStream>, Status> {
+                Ok(Response::new(delta::spawn(self.0.clone(), request.into_inner(), Self::SERVICE)))
+            }
+
+            async fn $fetch(&self, request: Request<DiscoveryRequest>) -> Result<Response<DiscoveryResponse>, Status> {
+                fetch(&self.0, request.into_inner(), Self::SERVICE).map(Response::new)
+            }
+        }
+    };
+}
+
+standalone!(Cds, ClusterDiscoveryService, "cds", type_url::CLUSTER, stream_clusters / StreamClustersStream, delta_clusters / DeltaClustersStream, fetch_clusters);
+standalone!(Eds, EndpointDiscoveryService, "eds", type_url::ENDPOINT, stream_endpoints / StreamEndpointsStream, delta_endpoints / DeltaEndpointsStream, fetch_endpoints);
+standalone!(Lds, ListenerDiscoveryService, "lds", type_url::LISTENER, stream_listeners / StreamListenersStream, delta_listeners / DeltaListenersStream, fetch_listeners);
+standalone!(Rds, RouteDiscoveryService, "rds", type_url::ROUTE, stream_routes / StreamRoutesStream, delta_routes / DeltaRoutesStream, fetch_routes);
+standalone!(Sds, SecretDiscoveryService, "sds", type_url::SECRET, stream_secrets / StreamSecretsStream, delta_secrets / DeltaSecretsStream, fetch_secrets);

@@ -1,0 +1,258 @@
+//! State-of-the-world streams (`StreamAggregatedResources` and the
+//! standalone `Stream*` methods).
+//!
+//! Per type: the subscription the latest request stated, the version of
+//! each resource last sent, and the nonce of the latest response. A request
+//! whose nonce is not the latest is stale and ignored; a NACK is recorded
+//! and answered only if the subscription changed, so a rejected
+//! configuration is never resent in a loop.
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
+
+use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
+use prost::Message;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::{Stream, StreamExt};
+use tonic::Status;
+use tracing::Instrument;
+
+use crate::proxy::Proxy;
+use crate::server::{Conn, Push, Service, Shared, Stop};
+use crate::subscription::Subscription;
+use crate::type_url;
+
+/// One type on one stream.
+#[derive(Default)]
+struct TypeState {
+    subscription: Subscription,
+    /// Name -> version of what the proxy was last sent (and still
+    /// subscribes to).
+    sent: BTreeMap<String, String>,
+    /// The latest response's nonce.
+    nonce: String,
+    /// (nonce, version) of responses not yet answered.
+    outstanding: VecDeque<(String, String)>,
+}
+
+/// Responses remembered per type for matching answers.
+const OUTSTANDING: usize = 32;
+
+/// Starts a stream's task; returns the response stream for tonic.
+pub(crate) fn spawn<S, R>(shared: Arc<Shared<S>>, requests: R, service: Service) -> ReceiverStream<Result<DiscoveryResponse, Status>>
+where
+    S: Send + Sync + 'static,
+    R: Stream<Item = Result<DiscoveryRequest, Status>> + Unpin + Send + 'static,
+{
+    let (tx, rx) = mpsc::channel(shared.options.send_queue.max(1));
+    tokio::spawn(run(shared, requests, tx, service));
+    ReceiverStream::new(rx)
+}
+
+async fn run<S, R>(shared: Arc<Shared<S>>, mut requests: R, tx: mpsc::Sender<Result<DiscoveryResponse, Status>>, service: Service)
+where
+    S: Send + Sync + 'static,
+    R: Stream<Item = Result<DiscoveryRequest, Status>> + Unpin,
+{
+    let first = match requests.next().await {
+        Some(Ok(request)) => request,
+        Some(Err(status)) => {
+            tracing::debug!(%status, "xDS stream failed before its first request");
+            return;
+        }
+        None => return,
+    };
+    let proxy = match Proxy::from_node(first.node.as_ref()) {
+        Ok(proxy) => proxy,
+        Err(error) => {
+            tracing::warn!(node = ?first.node.as_ref().map(|n| &n.id), %error, "refusing an xDS stream");
+            let _ = tx.send(Err(Status::invalid_argument(error.to_string()))).await;
+            return;
+        }
+    };
+    let (conn, id) = Conn::open(shared, proxy, "sotw", service);
+    let span = tracing::info_span!("xds", conn = id, node = %conn.proxy.id, protocol = "sotw", service = service.name);
+    let mut stream = SotwStream {
+        conn,
+        tx,
+        service,
+        types: BTreeMap::new(),
+    };
+    async move {
+        tracing::info!("proxy connected");
+        match stream.serve(first, &mut requests).await {
+            Stop::Closed => tracing::info!("proxy disconnected"),
+            Stop::Invalid(status) => {
+                tracing::warn!(%status, "ending the stream: protocol error");
+                let _ = stream.tx.send(Err(status)).await;
+            }
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+struct SotwStream<S> {
+    conn: Conn<S>,
+    tx: mpsc::Sender<Result<DiscoveryResponse, Status>>,
+    service: Service,
+    types: BTreeMap<String, TypeState>,
+}
+
+impl<S: Send + Sync + 'static> SotwStream<S> {
+    async fn serve<R>(&mut self, first: DiscoveryRequest, requests: &mut R) -> Stop
+    where
+        R: Stream<Item = Result<DiscoveryRequest, Status>> + Unpin,
+    {
+        let mut snapshots = self.conn.shared.snapshots.subscribe();
+        let mut shutdown = self.conn.shared.shutdown.subscribe();
+        if *shutdown.borrow_and_update() {
+            return Stop::Closed;
+        }
+        self.conn.push = snapshots.borrow_and_update().clone();
+        if let Err(stop) = self.handle(first).await {
+            return stop;
+        }
+        loop {
+            let step = tokio::select! {
+                biased;
+                _ = shutdown.changed() => Err(Stop::Closed),
+                changed = snapshots.changed() => match changed {
+                    Ok(()) => {
+                        let push = snapshots.borrow_and_update().clone();
+                        self.on_push(push).await
+                    }
+                    Err(_) => Err(Stop::Closed),
+                },
+                request = requests.next() => match request {
+                    Some(Ok(request)) => self.handle(request).await,
+                    Some(Err(status)) => {
+                        tracing::debug!(%status, "request stream failed");
+                        Err(Stop::Closed)
+                    }
+                    None => Err(Stop::Closed),
+                },
+            };
+            if let Err(stop) = step {
+                return stop;
+            }
+        }
+    }
+
+    async fn handle(&mut self, request: DiscoveryRequest) -> Result<(), Stop> {
+        let type_url = self.service.resolve(&request.type_url).map_err(Stop::Invalid)?;
+        let answered = self.types.get(&type_url).is_some_and(|t| !t.nonce.is_empty());
+        if request.response_nonce.is_empty() || !answered {
+            // The first request for this type on this stream (or the proxy
+            // lost track of it): send everything it asks for.
+            let previous = self.types.get(&type_url).map(|t| t.subscription.clone());
+            let state = self.types.entry(type_url.clone()).or_default();
+            state.subscription = Subscription::sotw(previous.as_ref(), &request.resource_names);
+            state.sent.clear();
+            let subscription = state.subscription.clone();
+            self.conn.status.update_type(&type_url, |t| t.subscription = subscription);
+            tracing::debug!(r#type = type_url::short_name(&type_url), names = ?request.resource_names, "subscribed");
+            return self.respond(&type_url, true).await.map(drop);
+        }
+
+        let state = self.types.get_mut(&type_url).expect("answered type");
+        // An answer to any recent response tells what the proxy runs...
+        if let Some(i) = state.outstanding.iter().position(|(n, _)| *n == request.response_nonce) {
+            let (nonce, sent_version) = state.outstanding.drain(..=i).last().expect("drained one");
+            match &request.error_detail {
+                Some(error) => self.conn.nacked(&type_url, &sent_version, &request.version_info, &nonce, Some(error)),
+                None => self.conn.acked(&type_url, &sent_version, &nonce),
+            }
+        }
+        // ...but only a request on the latest one counts for the
+        // subscription: an older one is superseded by a response Envoy has
+        // yet to answer.
+        if state.nonce != request.response_nonce {
+            self.conn.shared.metrics.expired(&type_url);
+            tracing::debug!(r#type = type_url::short_name(&type_url), nonce = %request.response_nonce, latest = %state.nonce, "request for a superseded response: subscription left as is");
+            return Ok(());
+        }
+        let subscription = Subscription::sotw(Some(&state.subscription), &request.resource_names);
+        let resubscribed = subscription != state.subscription;
+        if resubscribed {
+            // Newly named resources must be sent even if sent before.
+            state.sent.retain(|name, _| subscription.matches(name));
+            state.subscription = subscription.clone();
+        }
+        if !resubscribed {
+            return Ok(());
+        }
+        self.conn.status.update_type(&type_url, |t| t.subscription = subscription);
+        tracing::debug!(r#type = type_url::short_name(&type_url), names = ?request.resource_names, "resubscribed");
+        self.respond(&type_url, false).await.map(drop)
+    }
+
+    /// A new snapshot: every subscribed type, in warming-safe order, sends
+    /// what changed.
+    async fn on_push(&mut self, push: Arc<Push<S>>) -> Result<(), Stop> {
+        self.conn.push = push.clone();
+        let span = tracing::debug_span!("push", version = %push.version);
+        async {
+            let mut order: Vec<String> = self.types.keys().cloned().collect();
+            order.sort_by_key(|t| (type_url::push_rank(t), t.clone()));
+            let mut sent = false;
+            for type_url in order {
+                sent |= self.respond(&type_url, false).await?;
+            }
+            if sent {
+                self.conn.shared.metrics.convergence.observe(push.started.elapsed().as_secs_f64());
+            }
+            Ok(())
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// Generates a type and sends it if it changed (or if `force`). Returns
+    /// whether a response was sent.
+    async fn respond(&mut self, type_url: &str, force: bool) -> Result<bool, Stop> {
+        let state = self.types.get_mut(type_url).expect("subscribed type");
+        let Some(generated) = self.conn.generate(type_url, &state.subscription) else {
+            return Ok(false);
+        };
+        let versions: BTreeMap<String, String> = generated.iter().map(|(n, r)| (n.clone(), r.version.clone())).collect();
+        let full_state = type_url::requires_full_state(type_url) || state.subscription.wildcard;
+        let changed = |name: &String, version: &String| state.sent.get(name) != Some(version);
+        let any_changed = versions.iter().any(|(n, v)| changed(n, v));
+        let any_removed = state.sent.keys().any(|n| !versions.contains_key(n));
+        if !force && !any_changed && !(full_state && any_removed) {
+            // Resources gone from a partial type cannot be signalled in SotW
+            // (their parents stop naming them); forget we sent them.
+            state.sent = versions;
+            return Ok(false);
+        }
+        let resources: Vec<_> = generated
+            .into_values()
+            .filter(|r| full_state || changed(&r.name, &r.version))
+            .map(|r| r.body)
+            .collect();
+        state.sent = versions;
+        let nonce = self.conn.next_nonce();
+        let version = self.conn.push.version.clone();
+        state.nonce = nonce.clone();
+        state.outstanding.push_back((nonce.clone(), version.clone()));
+        while state.outstanding.len() > OUTSTANDING {
+            state.outstanding.pop_front();
+        }
+        let response = DiscoveryResponse {
+            version_info: version.clone(),
+            resources,
+            type_url: type_url.to_string(),
+            nonce: nonce.clone(),
+            control_plane: self.conn.shared.control_plane(),
+            ..Default::default()
+        };
+        let (count, bytes) = (response.resources.len(), response.encoded_len());
+        if self.tx.send(Ok(response)).await.is_err() {
+            self.conn.shared.metrics.push_error(type_url);
+            return Err(Stop::Closed);
+        }
+        self.conn.sent(type_url, &version, &nonce, count, 0, bytes);
+        Ok(true)
+    }
+}
