@@ -1,13 +1,22 @@
-//! Generators: pure functions from a config snapshot and a proxy to Envoy
+//! Generators: pure functions from a mesh snapshot and a proxy to Envoy
 //! resources, tested without any server.
 //!
-//! For now only a minimal pass-through (Istio's translation comes next):
-//! every ServiceEntry host and port becomes a cluster
-//! `outbound|PORT||HOST`, every port a listener on the proxy's IP, and every
-//! HTTP port a route configuration named by the port with one virtual host
-//! per host. See [`passthrough`].
+//! [`mesh::MeshSnapshot`] is built once per push from the config snapshot;
+//! [`IstioGenerator`] turns it into each proxy's clusters ([`cluster`]),
+//! endpoints ([`endpoint`]), listeners ([`listener`]) and routes
+//! ([`route`]), named as Istio names them ([`names`]).
+//! [`passthrough`] is the minimal generator the xDS work started with.
+pub mod cluster;
+pub mod endpoint;
+pub mod envoy;
+pub mod istio;
+pub mod listener;
+pub mod mesh;
+pub mod names;
 pub mod passthrough;
+pub mod route;
 mod services;
 
+pub use istio::IstioGenerator;
 pub use passthrough::PassThrough;
 pub use services::{Protocol, Service, services};

@@ -1,0 +1,422 @@
+//! The mesh model every generator reads: one immutable `MeshSnapshot` per
+//! push, built once from the config snapshot (Istio's `PushContext`).
+//!
+//! It holds the service registry (ServiceEntry hosts and ports with their
+//! endpoints, inline or selected WorkloadEntries; the Kubernetes registry
+//! will add services to the same list) and the indexes generators need:
+//! service by host, DestinationRule by host, VirtualServices by gateway,
+//! Sidecar and Gateways by proxy. Nothing here knows Envoy.
+use std::collections::{BTreeMap, HashMap};
+
+use sextant_api::networking::service_entry::{Location, Resolution};
+use sextant_api::networking::{DestinationRule, Gateway, ServiceEntry, Sidecar, VirtualService, WorkloadEntry};
+use sextant_config::analysis::resolve_host;
+use sextant_config::object::{IstioObject, Kind};
+use sextant_config::store::ConfigSnapshot;
+use sextant_xds::Proxy;
+
+use crate::services::Protocol;
+
+/// Istio's root namespace: mesh-wide Sidecar and DestinationRule defaults
+/// live here.
+pub const ROOT_NAMESPACE: &str = "istio-system";
+
+/// One port of a service.
+#[derive(Clone, Debug, PartialEq)]
+pub struct MeshPort {
+    pub name: String,
+    pub number: u32,
+    pub protocol: Protocol,
+    pub target_port: Option<u32>,
+}
+
+/// One instance of a service: an address with its ports, labels (matched by
+/// subsets) and identity.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Endpoint {
+    pub address: String,
+    /// Port name -> port on this endpoint.
+    pub ports: BTreeMap<String, u32>,
+    pub labels: BTreeMap<String, String>,
+    pub service_account: String,
+    /// Namespace of the workload (WorkloadEntry) or of the ServiceEntry.
+    pub namespace: String,
+    /// Load-balancing weight (0: unset).
+    pub weight: u32,
+    pub locality: String,
+}
+
+impl Endpoint {
+    /// The port traffic for `port` goes to on this endpoint: its own mapping
+    /// by port name, else the port's targetPort, else the port number.
+    pub fn port_for(&self, port: &MeshPort) -> u32 {
+        self.ports
+            .get(&port.name)
+            .copied()
+            .or(port.target_port)
+            .unwrap_or(port.number)
+    }
+
+    /// Whether every label of `selector` is on this endpoint (an empty
+    /// selector matches everything), as subsets select endpoints.
+    pub fn matches(&self, selector: &BTreeMap<String, String>) -> bool {
+        labels_match(selector, &self.labels)
+    }
+}
+
+/// One service host: a ServiceEntry host (later: a Kubernetes Service).
+#[derive(Clone, Debug, PartialEq)]
+pub struct MeshService {
+    /// The host as declared (an FQDN, or a short name resolved in the
+    /// declaring namespace).
+    pub hostname: String,
+    pub namespace: String,
+    pub ports: Vec<MeshPort>,
+    pub resolution: Resolution,
+    pub mesh_external: bool,
+    /// Virtual IPs (`addresses`) of the service, if any.
+    pub addresses: Vec<String>,
+    pub endpoints: Vec<Endpoint>,
+    /// Namespaces that see the service (empty or `*`: all).
+    pub export_to: Vec<String>,
+    pub subject_alt_names: Vec<String>,
+}
+
+impl MeshService {
+    pub fn port(&self, number: u32) -> Option<&MeshPort> {
+        self.ports.iter().find(|p| p.number == number)
+    }
+
+    /// Whether a proxy in `namespace` may see this service (exportTo).
+    pub fn visible_to(&self, namespace: &str) -> bool {
+        exported_to(&self.export_to, &self.namespace, namespace)
+    }
+}
+
+/// Istio's exportTo rule: empty or `*` is everyone, `.` the own namespace,
+/// else the listed namespaces.
+pub fn exported_to(export_to: &[String], own: &str, namespace: &str) -> bool {
+    export_to.is_empty()
+        || export_to
+            .iter()
+            .any(|e| e == "*" || e == namespace || (e == "." && own == namespace))
+}
+
+/// Whether every label of `selector` is in `labels`.
+pub fn labels_match(selector: &BTreeMap<String, String>, labels: &BTreeMap<String, String>) -> bool {
+    selector.iter().all(|(k, v)| labels.get(k) == Some(v))
+}
+
+/// Whether a host pattern (`*`, `*.example.com` or a name) covers `host`.
+pub fn host_matches(pattern: &str, host: &str) -> bool {
+    if pattern == "*" {
+        return true;
+    }
+    match pattern.strip_prefix('*') {
+        Some(suffix) => host.ends_with(suffix) && host.len() > suffix.len(),
+        None => pattern.eq_ignore_ascii_case(host),
+    }
+}
+
+/// A typed object with its namespace and name, as indexes hand them out.
+#[derive(Debug)]
+pub struct Named<'a, T> {
+    pub namespace: &'a str,
+    pub name: &'a str,
+    pub object: &'a T,
+}
+
+impl<T> Clone for Named<'_, T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<T> Copy for Named<'_, T> {}
+
+/// One immutable view of the mesh, built once per push and shared by every
+/// proxy's generation.
+#[derive(Debug, Default)]
+pub struct MeshSnapshot {
+    pub version: u64,
+    pub config: ConfigSnapshot,
+    /// Sorted by hostname, then namespace.
+    pub services: Vec<MeshService>,
+    by_host: HashMap<String, Vec<usize>>,
+}
+
+macro_rules! typed_iter {
+    ($fn:ident, $kind:ident, $ty:ty) => {
+        /// Every object of this kind, in key order (namespace, name).
+        pub fn $fn(&self) -> impl Iterator<Item = Named<'_, $ty>> {
+            self.config.of_kind(Kind::$kind).filter_map(|o| match o {
+                IstioObject::$kind(x) => Some(Named {
+                    namespace: o.namespace(),
+                    name: o.name(),
+                    object: x.as_ref(),
+                }),
+                _ => None,
+            })
+        }
+    };
+}
+
+impl MeshSnapshot {
+    /// Builds the registry and indexes from a config snapshot.
+    pub fn build(config: ConfigSnapshot) -> MeshSnapshot {
+        let mut mesh = MeshSnapshot {
+            version: config.version,
+            config,
+            services: Vec::new(),
+            by_host: HashMap::new(),
+        };
+        let mut services: Vec<MeshService> = mesh.service_entries().flat_map(|se| mesh.services_of(se)).collect();
+        services.sort_by(|a, b| (&a.hostname, &a.namespace).cmp(&(&b.hostname, &b.namespace)));
+        let mut by_host: HashMap<String, Vec<usize>> = HashMap::new();
+        for (i, s) in services.iter().enumerate() {
+            by_host.entry(s.hostname.to_ascii_lowercase()).or_default().push(i);
+        }
+        mesh.services = services;
+        mesh.by_host = by_host;
+        mesh
+    }
+
+    typed_iter!(service_entries, ServiceEntry, ServiceEntry);
+    typed_iter!(workload_entries, WorkloadEntry, WorkloadEntry);
+    typed_iter!(virtual_services, VirtualService, VirtualService);
+    typed_iter!(destination_rules, DestinationRule, DestinationRule);
+    typed_iter!(gateways, Gateway, Gateway);
+    typed_iter!(sidecars, Sidecar, Sidecar);
+
+    fn services_of(&self, se: Named<'_, ServiceEntry>) -> Vec<MeshService> {
+        let spec = &se.object.spec;
+        let ports: Vec<MeshPort> = spec
+            .ports
+            .iter()
+            .map(|p| MeshPort {
+                name: p.name.clone(),
+                number: p.number.get(),
+                protocol: Protocol::of(p),
+                target_port: p.target_port.map(|t| t.get()),
+            })
+            .collect();
+        let endpoints: Vec<Endpoint> = match &spec.workload_selector {
+            Some(selector) => self
+                .workload_entries()
+                .filter(|we| we.namespace == se.namespace && labels_match(&selector.labels, &we.object.spec.labels))
+                .map(|we| endpoint(&we.object.spec, we.namespace))
+                .collect(),
+            None => spec.endpoints.iter().map(|e| endpoint(e, se.namespace)).collect(),
+        };
+        spec.hosts
+            .iter()
+            .map(|host| MeshService {
+                hostname: resolve_host(host, se.namespace),
+                namespace: se.namespace.to_string(),
+                ports: ports.clone(),
+                resolution: spec.resolution.unwrap_or(Resolution::None),
+                mesh_external: spec.location == Some(Location::MeshExternal),
+                addresses: spec.addresses.clone(),
+                endpoints: endpoints.clone(),
+                export_to: spec.export_to.clone(),
+                subject_alt_names: spec.subject_alt_names.clone(),
+            })
+            .collect()
+    }
+
+    /// The service a host (as written in a rule in `namespace`) refers to:
+    /// short names resolve in that namespace; among several services with
+    /// the host, the one in the rule's namespace wins, else the first.
+    pub fn service(&self, host: &str, namespace: &str) -> Option<&MeshService> {
+        let resolved = resolve_host(host, namespace);
+        let candidates = self.by_host.get(&resolved)?;
+        candidates
+            .iter()
+            .map(|&i| &self.services[i])
+            .find(|s| s.namespace == namespace)
+            .or_else(|| candidates.first().map(|&i| &self.services[i]))
+    }
+
+    /// Services a proxy in `namespace` may see (exportTo), in order.
+    pub fn visible_services<'a>(&'a self, namespace: &'a str) -> impl Iterator<Item = &'a MeshService> + 'a {
+        self.services.iter().filter(move |s| s.visible_to(namespace))
+    }
+
+    /// The DestinationRule that applies to `hostname` for a proxy in
+    /// `proxy_namespace`, with Istio's precedence: a rule in the proxy's
+    /// namespace, then in the service's namespace, then in the root
+    /// namespace; an exact host beats a wildcard.
+    pub fn destination_rule(&self, hostname: &str, proxy_namespace: &str, service_namespace: &str) -> Option<Named<'_, DestinationRule>> {
+        let candidates: Vec<Named<'_, DestinationRule>> = self
+            .destination_rules()
+            .filter(|dr| exported_to(&dr.object.spec.export_to, dr.namespace, proxy_namespace))
+            .filter(|dr| host_matches(&resolve_host(&dr.object.spec.host, dr.namespace), hostname))
+            .collect();
+        let rank = |dr: &Named<'_, DestinationRule>| {
+            let ns = if dr.namespace == proxy_namespace {
+                0
+            } else if dr.namespace == service_namespace {
+                1
+            } else if dr.namespace == ROOT_NAMESPACE {
+                2
+            } else {
+                3
+            };
+            let wildcard = dr.object.spec.host.starts_with('*');
+            (ns, wildcard)
+        };
+        candidates.into_iter().min_by_key(rank)
+    }
+
+    /// VirtualServices that apply to a gateway (`ns/name`) or, with
+    /// `"mesh"`, to the sidecars; visible to `namespace`. In key order,
+    /// which is Istio's order for objects without creation times.
+    pub fn virtual_services_for<'a>(&'a self, gateway: &'a str, namespace: &'a str) -> impl Iterator<Item = Named<'a, VirtualService>> + 'a {
+        self.virtual_services().filter(move |vs| {
+            !vs.object.spec.hosts.is_empty()
+                && exported_to(&vs.object.spec.export_to, vs.namespace, namespace)
+                && vs_applies_to(vs, gateway)
+        })
+    }
+
+    /// The delegate VirtualService named by a route's `delegate`.
+    pub fn delegate(&self, name: &str, namespace: &str) -> Option<Named<'_, VirtualService>> {
+        self.virtual_services()
+            .find(|vs| vs.name == name && vs.namespace == namespace && vs.object.spec.hosts.is_empty())
+    }
+
+    /// The Sidecar resource for a proxy: one in its namespace selecting it,
+    /// else its namespace's default (no selector), else the root namespace's
+    /// default.
+    pub fn sidecar_for(&self, proxy: &Proxy) -> Option<Named<'_, Sidecar>> {
+        let selects = |s: &Named<'_, Sidecar>| match &s.object.spec.workload_selector {
+            Some(sel) => labels_match(&sel.labels, &proxy.labels),
+            None => false,
+        };
+        let default = |s: &Named<'_, Sidecar>| s.object.spec.workload_selector.is_none();
+        self.sidecars()
+            .find(|s| s.namespace == proxy.namespace && selects(s))
+            .or_else(|| self.sidecars().find(|s| s.namespace == proxy.namespace && default(s)))
+            .or_else(|| self.sidecars().find(|s| s.namespace == ROOT_NAMESPACE && default(s)))
+    }
+
+    /// Gateways whose selector matches a router proxy's labels.
+    pub fn gateways_for<'a>(&'a self, proxy: &'a Proxy) -> impl Iterator<Item = Named<'a, Gateway>> + 'a {
+        self.gateways()
+            .filter(move |g| !g.object.spec.selector.is_empty() && labels_match(&g.object.spec.selector, &proxy.labels))
+    }
+}
+
+/// Whether a VirtualService applies to a gateway (`ns/name`) or to the mesh
+/// (`"mesh"`). No `gateways` means the mesh only.
+pub fn vs_applies_to(vs: &Named<'_, VirtualService>, gateway: &str) -> bool {
+    let gateways = &vs.object.spec.gateways;
+    if gateways.is_empty() {
+        return gateway == "mesh";
+    }
+    gateways.iter().any(|g| qualify_gateway(g, vs.namespace) == gateway)
+}
+
+/// `name` -> `ns/name` in the rule's namespace; `mesh` stays `mesh`.
+pub fn qualify_gateway(gateway: &str, namespace: &str) -> String {
+    if gateway == "mesh" || gateway.contains('/') {
+        gateway.to_string()
+    } else {
+        format!("{namespace}/{gateway}")
+    }
+}
+
+fn endpoint(we: &sextant_api::networking::WorkloadEntrySpec, namespace: &str) -> Endpoint {
+    Endpoint {
+        address: we.address.clone(),
+        ports: we.ports.iter().map(|(k, v)| (k.clone(), v.get())).collect(),
+        labels: we.labels.clone(),
+        service_account: we.service_account.clone(),
+        namespace: namespace.to_string(),
+        weight: we.weight,
+        locality: we.locality.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sextant_config::store::ConfigStore;
+
+    pub(crate) fn mesh(yaml: &str) -> MeshSnapshot {
+        let store = ConfigStore::new();
+        for (_, doc) in sextant_config::object::documents(yaml) {
+            let obj = sextant_config::object::parse(doc.unwrap()).unwrap();
+            store.apply("test", obj).unwrap();
+        }
+        MeshSnapshot::build(store.snapshot())
+    }
+
+    const REGISTRY: &str = r#"
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: reviews}
+spec:
+  hosts: [reviews.default.svc.cluster.local]
+  ports: [{number: 9080, name: http}]
+  resolution: STATIC
+  workloadSelector: {labels: {app: reviews}}
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {name: reviews-v1}
+spec: {address: 127.0.1.1, labels: {app: reviews, version: v1}, serviceAccount: bookinfo-reviews, ports: {http: 19081}}
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {name: reviews-v2}
+spec: {address: 127.0.2.1, labels: {app: reviews, version: v2}}
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {name: other, namespace: prod}
+spec: {address: 127.0.3.1, labels: {app: reviews}}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: reviews}
+spec:
+  host: reviews
+  subsets: [{name: v1, labels: {version: v1}}]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: all, namespace: istio-system}
+spec:
+  host: "*.svc.cluster.local"
+"#;
+
+    #[test]
+    fn registry_from_service_entries_and_selected_workloads() {
+        let m = mesh(REGISTRY);
+        let s = m.service("reviews", "default").expect("short name resolves");
+        assert_eq!(s.hostname, "reviews.default.svc.cluster.local");
+        let addrs: Vec<_> = s.endpoints.iter().map(|e| e.address.as_str()).collect();
+        assert_eq!(addrs, ["127.0.1.1", "127.0.2.1"], "only workloads in the entry's namespace");
+        assert_eq!(s.endpoints[0].port_for(&s.ports[0]), 19081);
+        assert_eq!(s.endpoints[1].port_for(&s.ports[0]), 9080);
+        assert_eq!(s.ports[0].protocol, Protocol::Http);
+        assert!(m.service("reviews", "prod").is_none(), "short names resolve in the rule's namespace");
+    }
+
+    #[test]
+    fn destination_rule_precedence() {
+        let m = mesh(REGISTRY);
+        let host = "reviews.default.svc.cluster.local";
+        assert_eq!(m.destination_rule(host, "default", "default").unwrap().name, "reviews");
+        assert_eq!(m.destination_rule("ratings.default.svc.cluster.local", "default", "default").unwrap().name, "all");
+        assert!(m.destination_rule("httpbin.org", "default", "default").is_none());
+    }
+
+    #[test]
+    fn host_patterns() {
+        assert!(host_matches("*", "a.b"));
+        assert!(host_matches("*.b.com", "a.b.com"));
+        assert!(!host_matches("*.b.com", "b.com"));
+        assert!(host_matches("A.b", "a.B"));
+    }
+}
