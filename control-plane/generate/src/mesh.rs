@@ -306,6 +306,91 @@ impl MeshSnapshot {
     }
 }
 
+/// What one egress listener of a sidecar covers (Istio's SidecarScope):
+/// a port (or all ports), an address to bind, and the services it may
+/// reach. Without a Sidecar resource a proxy has one catch-all scope that
+/// sees every service visible to its namespace.
+#[derive(Clone, Debug, PartialEq)]
+pub struct EgressScope {
+    /// The listener's port; `None` for the catch-all.
+    pub port: Option<u32>,
+    /// Address to bind (Sidecar `bind`); empty means the generator's default.
+    pub bind: String,
+    /// `(namespace, host)` patterns, from `hosts: ["ns/host"]`.
+    pub hosts: Vec<(String, String)>,
+}
+
+impl EgressScope {
+    /// Whether this scope lets a proxy in `proxy_namespace` reach `service`.
+    pub fn allows(&self, service: &MeshService, proxy_namespace: &str) -> bool {
+        self.hosts.iter().any(|(ns, host)| {
+            let ns_ok = ns == "*" || ns == &service.namespace || (ns == "." && service.namespace == proxy_namespace);
+            ns_ok && host_matches(host, &service.hostname)
+        })
+    }
+}
+
+impl MeshSnapshot {
+    /// The proxy's egress scopes: its Sidecar's egress listeners, or one
+    /// catch-all seeing every namespace.
+    pub fn egress_scopes(&self, proxy: &Proxy) -> Vec<EgressScope> {
+        let from_sidecar: Vec<EgressScope> = self
+            .sidecar_for(proxy)
+            .map(|s| {
+                s.object
+                    .spec
+                    .egress
+                    .iter()
+                    .map(|e| EgressScope {
+                        port: e.port.as_ref().and_then(|p| p.number).map(|n| n.get()),
+                        bind: e.bind.clone(),
+                        hosts: e
+                            .hosts
+                            .iter()
+                            .map(|h| match h.split_once('/') {
+                                Some((ns, host)) => (ns.to_string(), host.to_string()),
+                                None => ("*".to_string(), h.clone()),
+                            })
+                            .collect(),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        if from_sidecar.is_empty() {
+            vec![EgressScope {
+                port: None,
+                bind: String::new(),
+                hosts: vec![("*".into(), "*".into())],
+            }]
+        } else {
+            from_sidecar
+        }
+    }
+
+    /// The services a proxy reaches on each outbound port, per its egress
+    /// scopes: a scope with a port gives that port's services it allows;
+    /// the catch-all gives every other port. Both the listeners and the
+    /// route configurations (one per port) are built from this, so they
+    /// always agree.
+    pub fn outbound_services<'a>(&'a self, proxy: &'a Proxy) -> BTreeMap<u32, Vec<&'a MeshService>> {
+        let scopes = self.egress_scopes(proxy);
+        let explicit: Vec<u32> = scopes.iter().filter_map(|s| s.port).collect();
+        let mut out: BTreeMap<u32, Vec<&MeshService>> = BTreeMap::new();
+        for service in self.visible_services(&proxy.namespace) {
+            for port in &service.ports {
+                let scope = scopes
+                    .iter()
+                    .find(|s| s.port == Some(port.number))
+                    .or_else(|| scopes.iter().find(|s| s.port.is_none() && !explicit.contains(&port.number)));
+                if scope.is_some_and(|s| s.allows(service, &proxy.namespace)) {
+                    out.entry(port.number).or_default().push(service);
+                }
+            }
+        }
+        out
+    }
+}
+
 /// Whether a VirtualService applies to a gateway (`ns/name`) or to the mesh
 /// (`"mesh"`). No `gateways` means the mesh only.
 pub fn vs_applies_to(vs: &Named<'_, VirtualService>, gateway: &str) -> bool {
