@@ -38,3 +38,12 @@ run: build
 
 clean:
 	$(CARGO) clean
+
+# The local mesh (tests/src/bin/local-mesh.rs): sextant, an Envoy per
+# BookInfo workload (and httpbin), the sample apps and the ingress gateway
+# (127.0.0.100:80, needs root) on loopback, until Ctrl-C. Config dir, followed
+# live: .local/mesh/config (copy Istio's samples there); logs: .local/mesh/logs.
+.PHONY: mesh
+mesh: tools build
+	SEXTANT_BIN=$(CURDIR)/target/debug/sextant SAMPLE_APP_BIN=$(CURDIR)/target/debug/sextant-sample-app \
+		./target/debug/local-mesh --dir .local/mesh

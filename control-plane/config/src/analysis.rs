@@ -82,27 +82,24 @@ pub fn analyze(objects: &[&IstioObject]) -> Vec<(usize, Finding)> {
                         }
                     }
                 }
-                for (r, rule) in vs.spec.tcp.iter().enumerate() {
-                    for (d, dest) in rule.route.iter().enumerate() {
-                        if let Some(dest) = &dest.destination {
-                            index.check_subset(
-                                ns,
-                                dest,
-                                format!("spec.tcp[{r}].route[{d}].destination"),
-                                &mut warn,
-                            );
-                        }
-                    }
-                }
-                for (r, rule) in vs.spec.tls.iter().enumerate() {
-                    for (d, dest) in rule.route.iter().enumerate() {
-                        if let Some(dest) = &dest.destination {
-                            index.check_subset(
-                                ns,
-                                dest,
-                                format!("spec.tls[{r}].route[{d}].destination"),
-                                &mut warn,
-                            );
+                let l4 = [
+                    (
+                        "tcp",
+                        vs.spec.tcp.iter().map(|r| &r.route).collect::<Vec<_>>(),
+                    ),
+                    ("tls", vs.spec.tls.iter().map(|r| &r.route).collect()),
+                ];
+                for (kind, rules) in l4 {
+                    for (r, route) in rules.iter().enumerate() {
+                        for (d, dest) in route.iter().enumerate() {
+                            if let Some(dest) = &dest.destination {
+                                index.check_subset(
+                                    ns,
+                                    dest,
+                                    format!("spec.{kind}[{r}].route[{d}].destination"),
+                                    &mut warn,
+                                );
+                            }
                         }
                     }
                 }

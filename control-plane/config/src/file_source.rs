@@ -239,6 +239,8 @@ pub fn watch(store: Arc<ConfigStore>, dirs: Vec<PathBuf>) -> notify::Result<File
             while let Ok(event) = rx.recv() {
                 let mut paths: BTreeSet<PathBuf> = BTreeSet::new();
                 let mut collect = |event: notify::Result<notify::Event>| match event {
+                    // Reading a file (ours included) is not a change.
+                    Ok(e) if matches!(e.kind, notify::EventKind::Access(_)) => {}
                     Ok(e) => paths.extend(e.paths),
                     Err(e) => tracing::warn!("file watch error: {e}"),
                 };

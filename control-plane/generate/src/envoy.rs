@@ -3,7 +3,9 @@ use prost::{Message, Name};
 use sextant_xds::pb::envoy::config::core::v3::address::Address as AddressKind;
 use sextant_xds::pb::envoy::config::core::v3::config_source::ConfigSourceSpecifier;
 use sextant_xds::pb::envoy::config::core::v3::socket_address::PortSpecifier;
-use sextant_xds::pb::envoy::config::core::v3::{Address, AggregatedConfigSource, ApiVersion, ConfigSource, SocketAddress};
+use sextant_xds::pb::envoy::config::core::v3::{
+    Address, AggregatedConfigSource, ApiVersion, ConfigSource, SocketAddress,
+};
 use sextant_xds::pb::google::protobuf::{Any, Duration, UInt32Value};
 
 /// The ADS config source, as every dynamic reference (EDS, RDS) uses it.

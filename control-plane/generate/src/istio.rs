@@ -11,7 +11,12 @@ use crate::{cluster, endpoint, listener, route};
 pub struct IstioGenerator;
 
 impl Generator<MeshSnapshot> for IstioGenerator {
-    fn generate(&self, mesh: &MeshSnapshot, proxy: &Proxy, request: &ResourceRequest<'_>) -> Result<Vec<Resource>, BoxError> {
+    fn generate(
+        &self,
+        mesh: &MeshSnapshot,
+        proxy: &Proxy,
+        request: &ResourceRequest<'_>,
+    ) -> Result<Vec<Resource>, BoxError> {
         Ok(match request.type_url {
             type_url::CLUSTER => cluster::clusters(mesh, proxy)
                 .iter()

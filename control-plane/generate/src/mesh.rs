@@ -9,7 +9,9 @@
 use std::collections::{BTreeMap, HashMap};
 
 use sextant_api::networking::service_entry::{Location, Resolution};
-use sextant_api::networking::{DestinationRule, Gateway, ServiceEntry, Sidecar, VirtualService, WorkloadEntry};
+use sextant_api::networking::{
+    DestinationRule, Gateway, ServiceEntry, Sidecar, VirtualService, WorkloadEntry,
+};
 use sextant_config::analysis::resolve_host;
 use sextant_config::object::{IstioObject, Kind};
 use sextant_config::store::ConfigSnapshot;
@@ -103,7 +105,10 @@ pub fn exported_to(export_to: &[String], own: &str, namespace: &str) -> bool {
 }
 
 /// Whether every label of `selector` is in `labels`.
-pub fn labels_match(selector: &BTreeMap<String, String>, labels: &BTreeMap<String, String>) -> bool {
+pub fn labels_match(
+    selector: &BTreeMap<String, String>,
+    labels: &BTreeMap<String, String>,
+) -> bool {
     selector.iter().all(|(k, v)| labels.get(k) == Some(v))
 }
 
@@ -169,11 +174,17 @@ impl MeshSnapshot {
             services: Vec::new(),
             by_host: HashMap::new(),
         };
-        let mut services: Vec<MeshService> = mesh.service_entries().flat_map(|se| mesh.services_of(se)).collect();
+        let mut services: Vec<MeshService> = mesh
+            .service_entries()
+            .flat_map(|se| mesh.services_of(se))
+            .collect();
         services.sort_by(|a, b| (&a.hostname, &a.namespace).cmp(&(&b.hostname, &b.namespace)));
         let mut by_host: HashMap<String, Vec<usize>> = HashMap::new();
         for (i, s) in services.iter().enumerate() {
-            by_host.entry(s.hostname.to_ascii_lowercase()).or_default().push(i);
+            by_host
+                .entry(s.hostname.to_ascii_lowercase())
+                .or_default()
+                .push(i);
         }
         mesh.services = services;
         mesh.by_host = by_host;
@@ -202,10 +213,17 @@ impl MeshSnapshot {
         let endpoints: Vec<Endpoint> = match &spec.workload_selector {
             Some(selector) => self
                 .workload_entries()
-                .filter(|we| we.namespace == se.namespace && labels_match(&selector.labels, &we.object.spec.labels))
+                .filter(|we| {
+                    we.namespace == se.namespace
+                        && labels_match(&selector.labels, &we.object.spec.labels)
+                })
                 .map(|we| endpoint(&we.object.spec, we.namespace))
                 .collect(),
-            None => spec.endpoints.iter().map(|e| endpoint(e, se.namespace)).collect(),
+            None => spec
+                .endpoints
+                .iter()
+                .map(|e| endpoint(e, se.namespace))
+                .collect(),
         };
         spec.hosts
             .iter()
@@ -237,15 +255,25 @@ impl MeshSnapshot {
     }
 
     /// Services a proxy in `namespace` may see (exportTo), in order.
-    pub fn visible_services<'a>(&'a self, namespace: &'a str) -> impl Iterator<Item = &'a MeshService> + 'a {
-        self.services.iter().filter(move |s| s.visible_to(namespace))
+    pub fn visible_services<'a>(
+        &'a self,
+        namespace: &'a str,
+    ) -> impl Iterator<Item = &'a MeshService> + 'a {
+        self.services
+            .iter()
+            .filter(move |s| s.visible_to(namespace))
     }
 
     /// The DestinationRule that applies to `hostname` for a proxy in
     /// `proxy_namespace`, with Istio's precedence: a rule in the proxy's
     /// namespace, then in the service's namespace, then in the root
     /// namespace; an exact host beats a wildcard.
-    pub fn destination_rule(&self, hostname: &str, proxy_namespace: &str, service_namespace: &str) -> Option<Named<'_, DestinationRule>> {
+    pub fn destination_rule(
+        &self,
+        hostname: &str,
+        proxy_namespace: &str,
+        service_namespace: &str,
+    ) -> Option<Named<'_, DestinationRule>> {
         let candidates: Vec<Named<'_, DestinationRule>> = self
             .destination_rules()
             .filter(|dr| exported_to(&dr.object.spec.export_to, dr.namespace, proxy_namespace))
@@ -270,7 +298,11 @@ impl MeshSnapshot {
     /// VirtualServices that apply to a gateway (`ns/name`) or, with
     /// `"mesh"`, to the sidecars; visible to `namespace`. In key order,
     /// which is Istio's order for objects without creation times.
-    pub fn virtual_services_for<'a>(&'a self, gateway: &'a str, namespace: &'a str) -> impl Iterator<Item = Named<'a, VirtualService>> + 'a {
+    pub fn virtual_services_for<'a>(
+        &'a self,
+        gateway: &'a str,
+        namespace: &'a str,
+    ) -> impl Iterator<Item = Named<'a, VirtualService>> + 'a {
         self.virtual_services().filter(move |vs| {
             !vs.object.spec.hosts.is_empty()
                 && exported_to(&vs.object.spec.export_to, vs.namespace, namespace)
@@ -280,8 +312,9 @@ impl MeshSnapshot {
 
     /// The delegate VirtualService named by a route's `delegate`.
     pub fn delegate(&self, name: &str, namespace: &str) -> Option<Named<'_, VirtualService>> {
-        self.virtual_services()
-            .find(|vs| vs.name == name && vs.namespace == namespace && vs.object.spec.hosts.is_empty())
+        self.virtual_services().find(|vs| {
+            vs.name == name && vs.namespace == namespace && vs.object.spec.hosts.is_empty()
+        })
     }
 
     /// The Sidecar resource for a proxy: one in its namespace selecting it,
@@ -295,14 +328,25 @@ impl MeshSnapshot {
         let default = |s: &Named<'_, Sidecar>| s.object.spec.workload_selector.is_none();
         self.sidecars()
             .find(|s| s.namespace == proxy.namespace && selects(s))
-            .or_else(|| self.sidecars().find(|s| s.namespace == proxy.namespace && default(s)))
-            .or_else(|| self.sidecars().find(|s| s.namespace == ROOT_NAMESPACE && default(s)))
+            .or_else(|| {
+                self.sidecars()
+                    .find(|s| s.namespace == proxy.namespace && default(s))
+            })
+            .or_else(|| {
+                self.sidecars()
+                    .find(|s| s.namespace == ROOT_NAMESPACE && default(s))
+            })
     }
 
     /// Gateways whose selector matches a router proxy's labels.
-    pub fn gateways_for<'a>(&'a self, proxy: &'a Proxy) -> impl Iterator<Item = Named<'a, Gateway>> + 'a {
-        self.gateways()
-            .filter(move |g| !g.object.spec.selector.is_empty() && labels_match(&g.object.spec.selector, &proxy.labels))
+    pub fn gateways_for<'a>(
+        &'a self,
+        proxy: &'a Proxy,
+    ) -> impl Iterator<Item = Named<'a, Gateway>> + 'a {
+        self.gateways().filter(move |g| {
+            !g.object.spec.selector.is_empty()
+                && labels_match(&g.object.spec.selector, &proxy.labels)
+        })
     }
 }
 
@@ -324,7 +368,9 @@ impl EgressScope {
     /// Whether this scope lets a proxy in `proxy_namespace` reach `service`.
     pub fn allows(&self, service: &MeshService, proxy_namespace: &str) -> bool {
         self.hosts.iter().any(|(ns, host)| {
-            let ns_ok = ns == "*" || ns == &service.namespace || (ns == "." && service.namespace == proxy_namespace);
+            let ns_ok = ns == "*"
+                || ns == &service.namespace
+                || (ns == "." && service.namespace == proxy_namespace);
             ns_ok && host_matches(host, &service.hostname)
         })
     }
@@ -372,7 +418,10 @@ impl MeshSnapshot {
     /// the catch-all gives every other port. Both the listeners and the
     /// route configurations (one per port) are built from this, so they
     /// always agree.
-    pub fn outbound_services<'a>(&'a self, proxy: &'a Proxy) -> BTreeMap<u32, Vec<&'a MeshService>> {
+    pub fn outbound_services<'a>(
+        &'a self,
+        proxy: &'a Proxy,
+    ) -> BTreeMap<u32, Vec<&'a MeshService>> {
         let scopes = self.egress_scopes(proxy);
         let explicit: Vec<u32> = scopes.iter().filter_map(|s| s.port).collect();
         let mut out: BTreeMap<u32, Vec<&MeshService>> = BTreeMap::new();
@@ -381,7 +430,11 @@ impl MeshSnapshot {
                 let scope = scopes
                     .iter()
                     .find(|s| s.port == Some(port.number))
-                    .or_else(|| scopes.iter().find(|s| s.port.is_none() && !explicit.contains(&port.number)));
+                    .or_else(|| {
+                        scopes
+                            .iter()
+                            .find(|s| s.port.is_none() && !explicit.contains(&port.number))
+                    });
                 if scope.is_some_and(|s| s.allows(service, &proxy.namespace)) {
                     out.entry(port.number).or_default().push(service);
                 }
@@ -398,7 +451,9 @@ pub fn vs_applies_to(vs: &Named<'_, VirtualService>, gateway: &str) -> bool {
     if gateways.is_empty() {
         return gateway == "mesh";
     }
-    gateways.iter().any(|g| qualify_gateway(g, vs.namespace) == gateway)
+    gateways
+        .iter()
+        .any(|g| qualify_gateway(g, vs.namespace) == gateway)
 }
 
 /// `name` -> `ns/name` in the rule's namespace; `mesh` stays `mesh`.
@@ -478,23 +533,43 @@ spec:
     #[test]
     fn registry_from_service_entries_and_selected_workloads() {
         let m = mesh(REGISTRY);
-        let s = m.service("reviews", "default").expect("short name resolves");
+        let s = m
+            .service("reviews", "default")
+            .expect("short name resolves");
         assert_eq!(s.hostname, "reviews.default.svc.cluster.local");
         let addrs: Vec<_> = s.endpoints.iter().map(|e| e.address.as_str()).collect();
-        assert_eq!(addrs, ["127.0.1.1", "127.0.2.1"], "only workloads in the entry's namespace");
+        assert_eq!(
+            addrs,
+            ["127.0.1.1", "127.0.2.1"],
+            "only workloads in the entry's namespace"
+        );
         assert_eq!(s.endpoints[0].port_for(&s.ports[0]), 19081);
         assert_eq!(s.endpoints[1].port_for(&s.ports[0]), 9080);
         assert_eq!(s.ports[0].protocol, Protocol::Http);
-        assert!(m.service("reviews", "prod").is_none(), "short names resolve in the rule's namespace");
+        assert!(
+            m.service("reviews", "prod").is_none(),
+            "short names resolve in the rule's namespace"
+        );
     }
 
     #[test]
     fn destination_rule_precedence() {
         let m = mesh(REGISTRY);
         let host = "reviews.default.svc.cluster.local";
-        assert_eq!(m.destination_rule(host, "default", "default").unwrap().name, "reviews");
-        assert_eq!(m.destination_rule("ratings.default.svc.cluster.local", "default", "default").unwrap().name, "all");
-        assert!(m.destination_rule("httpbin.org", "default", "default").is_none());
+        assert_eq!(
+            m.destination_rule(host, "default", "default").unwrap().name,
+            "reviews"
+        );
+        assert_eq!(
+            m.destination_rule("ratings.default.svc.cluster.local", "default", "default")
+                .unwrap()
+                .name,
+            "all"
+        );
+        assert!(
+            m.destination_rule("httpbin.org", "default", "default")
+                .is_none()
+        );
     }
 
     #[test]

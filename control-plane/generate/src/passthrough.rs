@@ -56,15 +56,26 @@ use crate::services::{Service, services};
 pub struct PassThrough;
 
 impl Generator<ConfigSnapshot> for PassThrough {
-    fn generate(&self, snapshot: &ConfigSnapshot, proxy: &Proxy, request: &ResourceRequest<'_>) -> Result<Vec<Resource>, BoxError> {
+    fn generate(
+        &self,
+        snapshot: &ConfigSnapshot,
+        proxy: &Proxy,
+        request: &ResourceRequest<'_>,
+    ) -> Result<Vec<Resource>, BoxError> {
         Ok(match request.type_url {
-            type_url::CLUSTER => clusters(snapshot, proxy).iter().map(|c| Resource::new(&c.name, c)).collect(),
+            type_url::CLUSTER => clusters(snapshot, proxy)
+                .iter()
+                .map(|c| Resource::new(&c.name, c))
+                .collect(),
             type_url::ENDPOINT => endpoints(snapshot, proxy)
                 .iter()
                 .filter(|e| request.wants(&e.cluster_name))
                 .map(|e| Resource::new(&e.cluster_name, e))
                 .collect(),
-            type_url::LISTENER => listeners(snapshot, proxy).iter().map(|l| Resource::new(&l.name, l)).collect(),
+            type_url::LISTENER => listeners(snapshot, proxy)
+                .iter()
+                .map(|l| Resource::new(&l.name, l))
+                .collect(),
             type_url::ROUTE => routes(snapshot, proxy)
                 .iter()
                 .filter(|r| request.wants(&r.name))
@@ -141,7 +152,11 @@ fn static_endpoints(service: &Service<'_>) -> ClusterLoadAssignment {
 fn dns_endpoints(service: &Service<'_>) -> ClusterLoadAssignment {
     let spec = &service.entry.spec;
     let endpoints = if spec.endpoints.is_empty() {
-        let port = service.port.target_port.map(|p| p.get()).unwrap_or_else(|| service.port_number());
+        let port = service
+            .port
+            .target_port
+            .map(|p| p.get())
+            .unwrap_or_else(|| service.port_number());
         vec![lb_endpoint(service.host, port, 0)]
     } else {
         spec.endpoints
@@ -163,7 +178,10 @@ pub fn clusters(snapshot: &ConfigSnapshot, proxy: &Proxy) -> Vec<Cluster> {
         .map(|service| {
             let mut cluster = Cluster {
                 name: service.cluster_name(),
-                connect_timeout: Some(Duration { seconds: 10, nanos: 0 }),
+                connect_timeout: Some(Duration {
+                    seconds: 10,
+                    nanos: 0,
+                }),
                 ..Default::default()
             };
             match service.resolution {
@@ -176,8 +194,11 @@ pub fn clusters(snapshot: &ConfigSnapshot, proxy: &Proxy) -> Vec<Cluster> {
                 }
                 Resolution::Dns | Resolution::DnsRoundRobin => {
                     let logical = service.resolution == Resolution::DnsRoundRobin;
-                    cluster.cluster_discovery_type =
-                        discovery_type(if logical { DiscoveryType::LogicalDns } else { DiscoveryType::StrictDns });
+                    cluster.cluster_discovery_type = discovery_type(if logical {
+                        DiscoveryType::LogicalDns
+                    } else {
+                        DiscoveryType::StrictDns
+                    });
                     cluster.dns_lookup_family = DnsLookupFamily::V4Only as i32;
                     cluster.load_assignment = Some(dns_endpoints(service));
                 }
@@ -188,11 +209,15 @@ pub fn clusters(snapshot: &ConfigSnapshot, proxy: &Proxy) -> Vec<Cluster> {
             }
             if service.protocol.is_http2() {
                 let options = HttpProtocolOptions {
-                    upstream_protocol_options: Some(UpstreamProtocolOptions::ExplicitHttpConfig(ExplicitHttpConfig {
-                        protocol_config: Some(explicit_http_config::ProtocolConfig::Http2ProtocolOptions(
-                            Http2ProtocolOptions::default(),
-                        )),
-                    })),
+                    upstream_protocol_options: Some(UpstreamProtocolOptions::ExplicitHttpConfig(
+                        ExplicitHttpConfig {
+                            protocol_config: Some(
+                                explicit_http_config::ProtocolConfig::Http2ProtocolOptions(
+                                    Http2ProtocolOptions::default(),
+                                ),
+                            ),
+                        },
+                    )),
                     ..Default::default()
                 };
                 cluster.typed_extension_protocol_options =
@@ -216,7 +241,10 @@ pub fn endpoints(snapshot: &ConfigSnapshot, proxy: &Proxy) -> Vec<ClusterLoadAss
 fn by_port<'a>(services: &'a [Service<'a>]) -> BTreeMap<u32, Vec<&'a Service<'a>>> {
     let mut ports: BTreeMap<u32, Vec<&Service<'_>>> = BTreeMap::new();
     for service in services {
-        ports.entry(service.port_number()).or_default().push(service);
+        ports
+            .entry(service.port_number())
+            .or_default()
+            .push(service);
     }
     ports
 }
@@ -238,7 +266,9 @@ pub fn listeners(snapshot: &ConfigSnapshot, proxy: &Proxy) -> Vec<Listener> {
                     })),
                     http_filters: vec![HttpFilter {
                         name: "envoy.filters.http.router".to_string(),
-                        config_type: Some(http_filter::ConfigType::TypedConfig(any(&Router::default()))),
+                        config_type: Some(http_filter::ConfigType::TypedConfig(any(
+                            &Router::default(),
+                        ))),
                         ..Default::default()
                     }],
                     ..Default::default()
@@ -250,7 +280,9 @@ pub fn listeners(snapshot: &ConfigSnapshot, proxy: &Proxy) -> Vec<Listener> {
             } else {
                 let proxy = TcpProxy {
                     stat_prefix: format!("outbound_{port}"),
-                    cluster_specifier: Some(tcp_proxy::ClusterSpecifier::Cluster(services[0].cluster_name())),
+                    cluster_specifier: Some(tcp_proxy::ClusterSpecifier::Cluster(
+                        services[0].cluster_name(),
+                    )),
                     ..Default::default()
                 };
                 Filter {
@@ -355,24 +387,51 @@ spec:
     #[test]
     fn clusters_per_host_and_port() {
         let snap = snapshot(ENTRIES);
-        let names: Vec<_> = clusters(&snap, &proxy("other")).into_iter().map(|c| c.name).collect();
+        let names: Vec<_> = clusters(&snap, &proxy("other"))
+            .into_iter()
+            .map(|c| c.name)
+            .collect();
         assert_eq!(
             names,
-            vec!["outbound|8080||api.internal", "outbound|8080||web.internal", "outbound|443||example.com", "outbound|8081||example.com"]
+            vec![
+                "outbound|8080||api.internal",
+                "outbound|8080||web.internal",
+                "outbound|443||example.com",
+                "outbound|8081||example.com"
+            ]
         );
         // exportTo "." hides the other namespace's entry.
-        let names: Vec<_> = clusters(&snap, &proxy("default")).into_iter().map(|c| c.name).collect();
-        assert_eq!(names, vec!["outbound|8080||api.internal", "outbound|8080||web.internal"]);
+        let names: Vec<_> = clusters(&snap, &proxy("default"))
+            .into_iter()
+            .map(|c| c.name)
+            .collect();
+        assert_eq!(
+            names,
+            vec!["outbound|8080||api.internal", "outbound|8080||web.internal"]
+        );
 
         let all = clusters(&snap, &proxy("other"));
-        assert_eq!(all[0].cluster_discovery_type, discovery_type(DiscoveryType::Eds));
+        assert_eq!(
+            all[0].cluster_discovery_type,
+            discovery_type(DiscoveryType::Eds)
+        );
         assert!(all[0].eds_cluster_config.is_some() && all[0].load_assignment.is_none());
-        assert_eq!(all[2].cluster_discovery_type, discovery_type(DiscoveryType::StrictDns));
+        assert_eq!(
+            all[2].cluster_discovery_type,
+            discovery_type(DiscoveryType::StrictDns)
+        );
         assert!(all[2].typed_extension_protocol_options.is_empty());
         // grpc-api: inferred gRPC from the name, HTTP/2 upstream.
-        assert!(all[3].typed_extension_protocol_options.contains_key("envoy.extensions.upstreams.http.v3.HttpProtocolOptions"));
+        assert!(
+            all[3]
+                .typed_extension_protocol_options
+                .contains_key("envoy.extensions.upstreams.http.v3.HttpProtocolOptions")
+        );
         let dns = all[3].load_assignment.as_ref().unwrap();
-        assert_eq!(endpoint_addresses(dns), vec![("example.com".to_string(), 8081)]);
+        assert_eq!(
+            endpoint_addresses(dns),
+            vec![("example.com".to_string(), 8081)]
+        );
     }
 
     fn endpoint_addresses(cla: &ClusterLoadAssignment) -> Vec<(String, u32)> {
@@ -380,9 +439,16 @@ spec:
             .iter()
             .flat_map(|l| &l.lb_endpoints)
             .map(|e| {
-                let Some(HostIdentifier::Endpoint(ep)) = &e.host_identifier else { panic!() };
-                let Some(AddressKind::SocketAddress(sa)) = &ep.address.as_ref().unwrap().address else { panic!() };
-                let Some(PortSpecifier::PortValue(port)) = sa.port_specifier else { panic!() };
+                let Some(HostIdentifier::Endpoint(ep)) = &e.host_identifier else {
+                    panic!()
+                };
+                let Some(AddressKind::SocketAddress(sa)) = &ep.address.as_ref().unwrap().address
+                else {
+                    panic!()
+                };
+                let Some(PortSpecifier::PortValue(port)) = sa.port_specifier else {
+                    panic!()
+                };
                 (sa.address.clone(), port)
             })
             .collect()
@@ -395,8 +461,17 @@ spec:
         assert_eq!(cla.len(), 2);
         assert_eq!(cla[0].cluster_name, "outbound|8080||api.internal");
         // Target port unless the endpoint maps the port name.
-        assert_eq!(endpoint_addresses(&cla[0]), vec![("127.0.0.10".to_string(), 9090), ("127.0.0.11".to_string(), 9191)]);
-        assert_eq!(cla[0].endpoints[0].lb_endpoints[1].load_balancing_weight, Some(UInt32Value { value: 3 }));
+        assert_eq!(
+            endpoint_addresses(&cla[0]),
+            vec![
+                ("127.0.0.10".to_string(), 9090),
+                ("127.0.0.11".to_string(), 9191)
+            ]
+        );
+        assert_eq!(
+            cla[0].endpoints[0].lb_endpoints[1].load_balancing_weight,
+            Some(UInt32Value { value: 3 })
+        );
     }
 
     #[test]
@@ -404,22 +479,44 @@ spec:
         let snap = snapshot(ENTRIES);
         let p = proxy("other");
         let names: Vec<_> = listeners(&snap, &p).into_iter().map(|l| l.name).collect();
-        assert_eq!(names, vec!["127.0.0.5_443", "127.0.0.5_8080", "127.0.0.5_8081"]);
+        assert_eq!(
+            names,
+            vec!["127.0.0.5_443", "127.0.0.5_8080", "127.0.0.5_8081"]
+        );
         let l = &listeners(&snap, &p)[0];
-        assert_eq!(l.filter_chains[0].filters[0].name, "envoy.filters.network.tcp_proxy");
+        assert_eq!(
+            l.filter_chains[0].filters[0].name,
+            "envoy.filters.network.tcp_proxy"
+        );
         let l = &listeners(&snap, &p)[1];
-        let Some(filter::ConfigType::TypedConfig(config)) = &l.filter_chains[0].filters[0].config_type else { panic!() };
+        let Some(filter::ConfigType::TypedConfig(config)) =
+            &l.filter_chains[0].filters[0].config_type
+        else {
+            panic!()
+        };
         let hcm = HttpConnectionManager::decode(config.value.as_slice()).unwrap();
-        let Some(RouteSpecifier::Rds(rds)) = hcm.route_specifier else { panic!() };
+        let Some(RouteSpecifier::Rds(rds)) = hcm.route_specifier else {
+            panic!()
+        };
         assert_eq!(rds.route_config_name, "8080");
 
         let routes = routes(&snap, &p);
-        assert_eq!(routes.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(), vec!["8080", "8081"]);
+        assert_eq!(
+            routes.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(),
+            vec!["8080", "8081"]
+        );
         let vh = &routes[0].virtual_hosts;
         assert_eq!(vh.len(), 2);
         assert_eq!(vh[1].domains, vec!["web.internal", "web.internal:8080"]);
-        let Some(Action::Route(action)) = &vh[1].routes[0].action else { panic!() };
-        assert_eq!(action.cluster_specifier, Some(ClusterSpecifier::Cluster("outbound|8080||web.internal".into())));
+        let Some(Action::Route(action)) = &vh[1].routes[0].action else {
+            panic!()
+        };
+        assert_eq!(
+            action.cluster_specifier,
+            Some(ClusterSpecifier::Cluster(
+                "outbound|8080||web.internal".into()
+            ))
+        );
     }
 
     #[test]
@@ -446,7 +543,12 @@ spec:
             type_url: type_url::SECRET,
             names: None,
         };
-        assert!(PassThrough.generate(&snap, &p, &secrets).unwrap().is_empty());
+        assert!(
+            PassThrough
+                .generate(&snap, &p, &secrets)
+                .unwrap()
+                .is_empty()
+        );
     }
 
     #[test]

@@ -73,7 +73,10 @@ impl Service<'_> {
 
     /// The port on an endpoint: its own mapping for the port name, else the
     /// target port, else the service port.
-    pub fn endpoint_port(&self, endpoint_ports: &std::collections::BTreeMap<String, sextant_api::common::PortNumber>) -> u32 {
+    pub fn endpoint_port(
+        &self,
+        endpoint_ports: &std::collections::BTreeMap<String, sextant_api::common::PortNumber>,
+    ) -> u32 {
         endpoint_ports
             .get(&self.port.name)
             .or(self.port.target_port.as_ref())

@@ -11,7 +11,8 @@ use axum::response::{IntoResponse, Json};
 use axum::routing::get;
 use prometheus_client::registry::Registry;
 use sextant_config::store::{ConfigSnapshot, ConfigStore, StoreEvent};
-use sextant_generate::PassThrough;
+use sextant_generate::IstioGenerator;
+use sextant_generate::mesh::MeshSnapshot;
 use sextant_xds::debounce::Debounce;
 use sextant_xds::{Push, XdsServer};
 use tokio_stream::wrappers::BroadcastStream;
@@ -50,7 +51,7 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 /// The xDS server of `sextant serve`, with its metrics registry.
 pub struct Xds {
     args: XdsArgs,
-    server: XdsServer<ConfigSnapshot>,
+    server: XdsServer<MeshSnapshot>,
     registry: Arc<Registry>,
     /// Distinguishes versions across restarts (the store counts from 0).
     boot: u64,
@@ -59,7 +60,7 @@ pub struct Xds {
 impl Xds {
     /// A server with an empty snapshot; [`Xds::run`] loads the store's.
     pub fn new(args: XdsArgs) -> Xds {
-        let server = XdsServer::new(PassThrough, Push::new("0", ConfigSnapshot::default()));
+        let server = XdsServer::new(IstioGenerator, Push::new("0", MeshSnapshot::default()));
         let mut registry = Registry::default();
         server.metrics().register(&mut registry);
         Xds {
@@ -97,7 +98,7 @@ impl Xds {
         let events = store.subscribe();
         let initial = store.snapshot();
         tracing::info!(version = %self.version(&initial), objects = initial.objects.len(), "initial xDS snapshot");
-        self.server.push(Push::new(self.version(&initial), initial));
+        self.server.push(Push::new(self.version(&initial), MeshSnapshot::build(initial)));
 
         let listener = tokio::net::TcpListener::bind(self.args.xds_addr)
             .await
@@ -150,13 +151,13 @@ async fn push_loop(
         let version = xds.version(&snapshot);
         tracing::info!(%version, changes = batch.events.len(), waited_ms = batch.first_at.elapsed().as_millis() as u64, "pushing a new xDS snapshot");
         xds.server
-            .push(Push::new(version, snapshot).started_at(batch.first_at));
+            .push(Push::new(version, MeshSnapshot::build(snapshot)).started_at(batch.first_at));
     }
 }
 
 #[derive(Clone)]
 struct AdminState {
-    server: XdsServer<ConfigSnapshot>,
+    server: XdsServer<MeshSnapshot>,
     registry: Arc<Registry>,
 }
 

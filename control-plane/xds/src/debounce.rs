@@ -79,7 +79,11 @@ mod tests {
         Duration::from_millis(n)
     }
 
-    fn setup() -> (Debounce, mpsc::UnboundedSender<u32>, UnboundedReceiverStream<u32>) {
+    fn setup() -> (
+        Debounce,
+        mpsc::UnboundedSender<u32>,
+        UnboundedReceiverStream<u32>,
+    ) {
         let (tx, rx) = mpsc::unbounded_channel();
         let d = Debounce {
             quiet: ms(100),

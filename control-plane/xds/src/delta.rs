@@ -9,7 +9,9 @@
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 
-use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DeltaDiscoveryResponse, Resource as DeltaResource};
+use envoy_types::pb::envoy::service::discovery::v3::{
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse, Resource as DeltaResource,
+};
 use prost::Message;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -38,7 +40,11 @@ struct TypeState {
     acked_version: String,
 }
 
-pub(crate) fn spawn<S, R>(shared: Arc<Shared<S>>, requests: R, service: Service) -> ReceiverStream<Result<DeltaDiscoveryResponse, Status>>
+pub(crate) fn spawn<S, R>(
+    shared: Arc<Shared<S>>,
+    requests: R,
+    service: Service,
+) -> ReceiverStream<Result<DeltaDiscoveryResponse, Status>>
 where
     S: Send + Sync + 'static,
     R: Stream<Item = Result<DeltaDiscoveryRequest, Status>> + Unpin + Send + 'static,
@@ -48,8 +54,12 @@ where
     ReceiverStream::new(rx)
 }
 
-async fn run<S, R>(shared: Arc<Shared<S>>, mut requests: R, tx: mpsc::Sender<Result<DeltaDiscoveryResponse, Status>>, service: Service)
-where
+async fn run<S, R>(
+    shared: Arc<Shared<S>>,
+    mut requests: R,
+    tx: mpsc::Sender<Result<DeltaDiscoveryResponse, Status>>,
+    service: Service,
+) where
     S: Send + Sync + 'static,
     R: Stream<Item = Result<DeltaDiscoveryRequest, Status>> + Unpin,
 {
@@ -65,7 +75,9 @@ where
         Ok(proxy) => proxy,
         Err(error) => {
             tracing::warn!(node = ?first.node.as_ref().map(|n| &n.id), %error, "refusing an xDS stream");
-            let _ = tx.send(Err(Status::invalid_argument(error.to_string()))).await;
+            let _ = tx
+                .send(Err(Status::invalid_argument(error.to_string())))
+                .await;
             return;
         }
     };
@@ -139,19 +151,31 @@ impl<S: Send + Sync + 'static> DeltaStream<S> {
     }
 
     async fn handle(&mut self, request: DeltaDiscoveryRequest) -> Result<(), Stop> {
-        let type_url = self.service.resolve(&request.type_url).map_err(Stop::Invalid)?;
+        let type_url = self
+            .service
+            .resolve(&request.type_url)
+            .map_err(Stop::Invalid)?;
         let first = !self.types.contains_key(&type_url);
         let state = self.types.entry(type_url.clone()).or_default();
 
         if !request.response_nonce.is_empty() {
-            match state.outstanding.iter().position(|(n, _)| *n == request.response_nonce) {
+            match state
+                .outstanding
+                .iter()
+                .position(|(n, _)| *n == request.response_nonce)
+            {
                 Some(i) => {
                     // Answers come in order: older responses are settled too.
-                    let (nonce, version) = state.outstanding.drain(..=i).last().expect("drained one");
+                    let (nonce, version) = state
+                        .outstanding
+                        .drain(..=i)
+                        .next_back()
+                        .expect("drained one");
                     match &request.error_detail {
                         Some(error) => {
                             let kept = state.acked_version.clone();
-                            self.conn.nacked(&type_url, &version, &kept, &nonce, Some(error));
+                            self.conn
+                                .nacked(&type_url, &version, &kept, &nonce, Some(error));
                         }
                         None => {
                             state.acked_version = version.clone();
@@ -183,19 +207,29 @@ impl<S: Send + Sync + 'static> DeltaStream<S> {
                 state.has.remove(name);
                 state.absent.remove(name);
             }
-            for name in request.resource_names_subscribe.iter().filter(|n| *n != WILDCARD) {
+            for name in request
+                .resource_names_subscribe
+                .iter()
+                .filter(|n| *n != WILDCARD)
+            {
                 // A (re)subscribed resource must be sent, even if the proxy
                 // seems to have it.
                 state.has.remove(name);
                 state.absent.remove(name);
             }
-            state
-                .subscription
-                .delta_update(&request.resource_names_subscribe, &request.resource_names_unsubscribe)
+            state.subscription.delta_update(
+                &request.resource_names_subscribe,
+                &request.resource_names_unsubscribe,
+            )
         };
-        if !request.resource_names_subscribe.is_empty() || !request.resource_names_unsubscribe.is_empty() || first {
+        if !request.resource_names_subscribe.is_empty()
+            || !request.resource_names_unsubscribe.is_empty()
+            || first
+        {
             let subscription = state.subscription.clone();
-            self.conn.status.update_type(&type_url, |t| t.subscription = subscription);
+            self.conn
+                .status
+                .update_type(&type_url, |t| t.subscription = subscription);
             tracing::debug!(
                 r#type = type_url::short_name(&type_url),
                 subscribe = ?request.resource_names_subscribe,
@@ -220,7 +254,11 @@ impl<S: Send + Sync + 'static> DeltaStream<S> {
                 sent |= self.respond(&type_url, false).await?;
             }
             if sent {
-                self.conn.shared.metrics.convergence.observe(push.started.elapsed().as_secs_f64());
+                self.conn
+                    .shared
+                    .metrics
+                    .convergence
+                    .observe(push.started.elapsed().as_secs_f64());
             }
             Ok(())
         }
@@ -236,7 +274,12 @@ impl<S: Send + Sync + 'static> DeltaStream<S> {
         let Some(generated) = self.conn.generate(type_url, &state.subscription) else {
             return Ok(false);
         };
-        let mut removed: Vec<String> = state.has.keys().filter(|n| !generated.contains_key(*n)).cloned().collect();
+        let mut removed: Vec<String> = state
+            .has
+            .keys()
+            .filter(|n| !generated.contains_key(*n))
+            .cloned()
+            .collect();
         for name in &removed {
             state.has.remove(name);
             if state.subscription.names.contains(name) {
@@ -269,7 +312,9 @@ impl<S: Send + Sync + 'static> DeltaStream<S> {
         }
         let nonce = self.conn.next_nonce();
         let version = self.conn.push.version.clone();
-        state.outstanding.push_back((nonce.clone(), version.clone()));
+        state
+            .outstanding
+            .push_back((nonce.clone(), version.clone()));
         while state.outstanding.len() > OUTSTANDING {
             state.outstanding.pop_front();
         }
@@ -282,12 +327,17 @@ impl<S: Send + Sync + 'static> DeltaStream<S> {
             control_plane: self.conn.shared.control_plane(),
             ..Default::default()
         };
-        let (count, removals, bytes) = (response.resources.len(), response.removed_resources.len(), response.encoded_len());
+        let (count, removals, bytes) = (
+            response.resources.len(),
+            response.removed_resources.len(),
+            response.encoded_len(),
+        );
         if self.tx.send(Ok(response)).await.is_err() {
             self.conn.shared.metrics.push_error(type_url);
             return Err(Stop::Closed);
         }
-        self.conn.sent(type_url, &version, &nonce, count, removals, bytes);
+        self.conn
+            .sent(type_url, &version, &nonce, count, removals, bytes);
         Ok(true)
     }
 }

@@ -28,14 +28,27 @@ impl ResourceRequest<'_> {
 /// pure and deterministic: the server calls it again for every new snapshot
 /// and compares the results with what each stream was sent.
 pub trait Generator<S>: Send + Sync + 'static {
-    fn generate(&self, snapshot: &S, proxy: &Proxy, request: &ResourceRequest<'_>) -> Result<Vec<Resource>, BoxError>;
+    fn generate(
+        &self,
+        snapshot: &S,
+        proxy: &Proxy,
+        request: &ResourceRequest<'_>,
+    ) -> Result<Vec<Resource>, BoxError>;
 }
 
 impl<S, F> Generator<S> for F
 where
-    F: Fn(&S, &Proxy, &ResourceRequest<'_>) -> Result<Vec<Resource>, BoxError> + Send + Sync + 'static,
+    F: Fn(&S, &Proxy, &ResourceRequest<'_>) -> Result<Vec<Resource>, BoxError>
+        + Send
+        + Sync
+        + 'static,
 {
-    fn generate(&self, snapshot: &S, proxy: &Proxy, request: &ResourceRequest<'_>) -> Result<Vec<Resource>, BoxError> {
+    fn generate(
+        &self,
+        snapshot: &S,
+        proxy: &Proxy,
+        request: &ResourceRequest<'_>,
+    ) -> Result<Vec<Resource>, BoxError> {
         self(snapshot, proxy, request)
     }
 }

@@ -60,31 +60,61 @@ impl Default for Metrics {
 impl Metrics {
     /// Registers every metric (shared handles) in a registry.
     pub fn register(&self, registry: &mut Registry) {
-        registry.register("pilot_xds", "Number of endpoints connected to this pilot using XDS", self.connected.clone());
-        registry.register("pilot_xds_pushes", "xDS responses pushed, by type", self.pushes.clone());
-        registry.register("pilot_xds_push_errors", "Pushes that failed, by type", self.push_errors.clone());
-        registry.register("pilot_total_xds_rejects", "Total number of XDS responses from pilot rejected by proxy", self.rejects.clone());
+        registry.register(
+            "pilot_xds",
+            "Number of endpoints connected to this pilot using XDS",
+            self.connected.clone(),
+        );
+        registry.register(
+            "pilot_xds_pushes",
+            "xDS responses pushed, by type",
+            self.pushes.clone(),
+        );
+        registry.register(
+            "pilot_xds_push_errors",
+            "Pushes that failed, by type",
+            self.push_errors.clone(),
+        );
+        registry.register(
+            "pilot_total_xds_rejects",
+            "Total number of XDS responses from pilot rejected by proxy",
+            self.rejects.clone(),
+        );
         for (i, type_url) in type_url::PUSH_ORDER.iter().enumerate() {
             let short = type_url::short_name(type_url);
             registry.register(
                 format!("pilot_xds_{short}_reject"),
-                format!("Proxies whose latest answer to {} is a rejection", short.to_uppercase()),
+                format!(
+                    "Proxies whose latest answer to {} is a rejection",
+                    short.to_uppercase()
+                ),
                 self.rejecting[i].clone(),
             );
         }
-        registry.register("pilot_xds_expired_nonce", "Total number of XDS requests with an expired nonce", self.expired_nonce.clone());
+        registry.register(
+            "pilot_xds_expired_nonce",
+            "Total number of XDS requests with an expired nonce",
+            self.expired_nonce.clone(),
+        );
         registry.register_with_unit(
             "pilot_proxy_convergence_time",
             "Delay in seconds between config change and a proxy receiving all required configuration",
             Unit::Seconds,
             self.convergence.clone(),
         );
-        registry.register_with_unit("pilot_xds_sent", "Bytes of xDS responses sent", Unit::Bytes, self.sent_bytes.clone());
+        registry.register_with_unit(
+            "pilot_xds_sent",
+            "Bytes of xDS responses sent",
+            Unit::Bytes,
+            self.sent_bytes.clone(),
+        );
     }
 
     pub(crate) fn pushed(&self, type_url: &str, bytes: usize) {
         self.pushes.get_or_create(&label(type_url)).inc();
-        self.sent_bytes.get_or_create(&label(type_url)).inc_by(bytes as u64);
+        self.sent_bytes
+            .get_or_create(&label(type_url))
+            .inc_by(bytes as u64);
     }
 
     pub(crate) fn push_error(&self, type_url: &str) {

@@ -121,21 +121,45 @@ impl Proxy {
         let raw_metadata: BTreeMap<String, Value> = node
             .metadata
             .as_ref()
-            .map(|m| m.fields.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+            .map(|m| {
+                m.fields
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect()
+            })
             .unwrap_or_default();
-        let string = |key: &str| raw_metadata.get(key).and_then(as_string).filter(|s| !s.is_empty());
+        let string = |key: &str| {
+            raw_metadata
+                .get(key)
+                .and_then(as_string)
+                .filter(|s| !s.is_empty())
+        };
 
         let (name, pod_namespace) = match pod.split_once('.') {
             Some((name, ns)) => (name.to_string(), Some(ns)),
             None => (pod.to_string(), None),
         };
         let namespace = string("NAMESPACE")
-            .or_else(|| pod_namespace.filter(|ns| !ns.is_empty()).map(str::to_string))
-            .or_else(|| domain.split('.').next().filter(|ns| !ns.is_empty()).map(str::to_string))
+            .or_else(|| {
+                pod_namespace
+                    .filter(|ns| !ns.is_empty())
+                    .map(str::to_string)
+            })
+            .or_else(|| {
+                domain
+                    .split('.')
+                    .next()
+                    .filter(|ns| !ns.is_empty())
+                    .map(str::to_string)
+            })
             .ok_or_else(|| ProxyError::NoNamespace { id: id.clone() })?;
 
         let ip_addresses = string("INSTANCE_IPS")
-            .map(|ips| ips.split(',').filter_map(|ip| ip.trim().parse().ok()).collect::<Vec<IpAddr>>())
+            .map(|ips| {
+                ips.split(',')
+                    .filter_map(|ip| ip.trim().parse().ok())
+                    .collect::<Vec<IpAddr>>()
+            })
             .filter(|ips| !ips.is_empty())
             .unwrap_or_else(|| vec![id_ip]);
 
@@ -197,10 +221,14 @@ pub fn node_metadata<'a>(
     let str_value = |s: &str| Value {
         kind: Some(Kind::StringValue(s.to_string())),
     };
-    let mut fields: std::collections::HashMap<String, Value> =
-        strings.into_iter().map(|(k, v)| (k.to_string(), str_value(v))).collect();
-    let labels: std::collections::HashMap<String, Value> =
-        labels.into_iter().map(|(k, v)| (k.to_string(), str_value(v))).collect();
+    let mut fields: std::collections::HashMap<String, Value> = strings
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), str_value(v)))
+        .collect();
+    let labels: std::collections::HashMap<String, Value> = labels
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), str_value(v)))
+        .collect();
     if !labels.is_empty() {
         fields.insert(
             "LABELS".to_string(),
@@ -238,13 +266,22 @@ mod tests {
             ],
             [("app", "reviews"), ("version", "v1")],
         );
-        let n = node("sidecar~10.1.2.3~reviews-v1-abc.bookinfo~bookinfo.svc.cluster.local", Some(metadata));
+        let n = node(
+            "sidecar~10.1.2.3~reviews-v1-abc.bookinfo~bookinfo.svc.cluster.local",
+            Some(metadata),
+        );
         let p = Proxy::from_node(Some(&n)).unwrap();
         assert_eq!(p.proxy_type, ProxyType::Sidecar);
         assert_eq!(p.name, "reviews-v1-abc");
         assert_eq!(p.namespace, "bookinfo");
         assert_eq!(p.dns_domain, "bookinfo.svc.cluster.local");
-        assert_eq!(p.ip_addresses, vec!["10.1.2.3".parse::<IpAddr>().unwrap(), "fd00::3".parse().unwrap()]);
+        assert_eq!(
+            p.ip_addresses,
+            vec![
+                "10.1.2.3".parse::<IpAddr>().unwrap(),
+                "fd00::3".parse().unwrap()
+            ]
+        );
         assert_eq!(p.labels.get("app").map(String::as_str), Some("reviews"));
         assert_eq!(p.labels.get("version").map(String::as_str), Some("v1"));
         assert_eq!(p.service_account.as_deref(), Some("bookinfo-reviews"));
@@ -256,7 +293,10 @@ mod tests {
 
     #[test]
     fn router_without_metadata_takes_namespace_and_ip_from_the_id() {
-        let n = node("router~10.0.0.9~istio-ingressgateway-1.istio-system~istio-system.svc.cluster.local", None);
+        let n = node(
+            "router~10.0.0.9~istio-ingressgateway-1.istio-system~istio-system.svc.cluster.local",
+            None,
+        );
         let p = Proxy::from_node(Some(&n)).unwrap();
         assert_eq!(p.proxy_type, ProxyType::Router);
         assert_eq!(p.namespace, "istio-system");
@@ -269,15 +309,27 @@ mod tests {
     #[test]
     fn refuses_malformed_nodes() {
         assert_eq!(Proxy::from_node(None), Err(ProxyError::MissingNode));
-        assert!(matches!(Proxy::from_node(Some(&node("envoy-1", None))), Err(ProxyError::MalformedId(_))));
         assert!(matches!(
-            Proxy::from_node(Some(&node("gateway~10.0.0.1~a.b~b.svc.cluster.local", None))),
+            Proxy::from_node(Some(&node("envoy-1", None))),
+            Err(ProxyError::MalformedId(_))
+        ));
+        assert!(matches!(
+            Proxy::from_node(Some(&node(
+                "gateway~10.0.0.1~a.b~b.svc.cluster.local",
+                None
+            ))),
             Err(ProxyError::UnknownType { .. })
         ));
         assert!(matches!(
-            Proxy::from_node(Some(&node("sidecar~not-an-ip~a.b~b.svc.cluster.local", None))),
+            Proxy::from_node(Some(&node(
+                "sidecar~not-an-ip~a.b~b.svc.cluster.local",
+                None
+            ))),
             Err(ProxyError::InvalidIp { .. })
         ));
-        assert!(matches!(Proxy::from_node(Some(&node("sidecar~10.0.0.1~a~", None))), Err(ProxyError::NoNamespace { .. })));
+        assert!(matches!(
+            Proxy::from_node(Some(&node("sidecar~10.0.0.1~a~", None))),
+            Err(ProxyError::NoNamespace { .. })
+        ));
     }
 }

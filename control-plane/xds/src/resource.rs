@@ -58,7 +58,13 @@ fn content_version(body: &Any) -> String {
     const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
     const PRIME: u64 = 0x0000_0100_0000_01b3;
     let mut hash = OFFSET;
-    for byte in body.type_url.as_bytes().iter().chain([0u8].iter()).chain(body.value.iter()) {
+    for byte in body
+        .type_url
+        .as_bytes()
+        .iter()
+        .chain([0u8].iter())
+        .chain(body.value.iter())
+    {
         hash ^= u64::from(*byte);
         hash = hash.wrapping_mul(PRIME);
     }
@@ -80,8 +86,14 @@ mod tests {
             name: "b".into(),
             ..Default::default()
         };
-        assert_eq!(Resource::new("a", &a).version, Resource::new("a", &a.clone()).version);
-        assert_ne!(Resource::new("a", &a).version, Resource::new("b", &b).version);
+        assert_eq!(
+            Resource::new("a", &a).version,
+            Resource::new("a", &a.clone()).version
+        );
+        assert_ne!(
+            Resource::new("a", &a).version,
+            Resource::new("b", &b).version
+        );
         assert_eq!(Resource::new("a", &a).type_url(), crate::type_url::CLUSTER);
         // Stable across processes and releases: a fixed value.
         assert_eq!(content_version(&Any::default()), "af63bd4c8601b7df");

@@ -131,10 +131,11 @@ impl<S: Send + Sync + 'static> Shared<S> {
                 )
                 .into());
             }
-            if subscription.matches(&resource.name) {
-                if let Some(previous) = out.insert(resource.name.clone(), resource) {
-                    tracing::warn!(name = %previous.name, type_url, "the generator returned a resource name twice; keeping the last");
-                }
+            if !subscription.matches(&resource.name) {
+                continue;
+            }
+            if let Some(previous) = out.insert(resource.name.clone(), resource) {
+                tracing::warn!(name = %previous.name, type_url, "the generator returned a resource name twice; keeping the last");
             }
         }
         Ok(out)
@@ -165,7 +166,11 @@ impl<S: Send + Sync + 'static> XdsServer<S> {
         XdsServer::with_options(generator, initial, ServerOptions::default())
     }
 
-    pub fn with_options(generator: impl Generator<S>, initial: Push<S>, options: ServerOptions) -> XdsServer<S> {
+    pub fn with_options(
+        generator: impl Generator<S>,
+        initial: Push<S>,
+        options: ServerOptions,
+    ) -> XdsServer<S> {
         let (snapshots, _) = watch::channel(Arc::new(initial));
         let (shutdown, _) = watch::channel(false);
         XdsServer {
@@ -217,7 +222,11 @@ impl<S: Send + Sync + 'static> XdsServer<S> {
 
     /// Serves plaintext gRPC on a listener until `shutdown` completes, then
     /// ends every stream (proxies reconnect elsewhere, or here later).
-    pub async fn serve(&self, listener: TcpListener, shutdown: impl Future<Output = ()>) -> Result<(), tonic::transport::Error> {
+    pub async fn serve(
+        &self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<(), tonic::transport::Error> {
         let incoming = TcpIncoming::from(listener)
             .with_nodelay(Some(true))
             .with_keepalive(Some(self.shared.options.keepalive_interval));
@@ -263,7 +272,9 @@ impl Service {
                 "the {} service serves {only}, not {t}",
                 self.name.to_uppercase()
             ))),
-            (None, "") => Err(Status::invalid_argument("an ADS request must name its type_url")),
+            (None, "") => Err(Status::invalid_argument(
+                "an ADS request must name its type_url",
+            )),
             (_, t) => Ok(t.to_string()),
         }
     }
@@ -291,7 +302,12 @@ pub(crate) struct Conn<S> {
 
 impl<S: Send + Sync + 'static> Conn<S> {
     /// Registers a stream once its node is known.
-    pub(crate) fn open(shared: Arc<Shared<S>>, proxy: Proxy, protocol: &'static str, service: Service) -> (Conn<S>, u64) {
+    pub(crate) fn open(
+        shared: Arc<Shared<S>>,
+        proxy: Proxy,
+        protocol: &'static str,
+        service: Service,
+    ) -> (Conn<S>, u64) {
         let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
         let status = shared.status.register(id, &proxy, protocol, service.name);
         shared.metrics.connected.inc();
@@ -316,8 +332,15 @@ impl<S: Send + Sync + 'static> Conn<S> {
 
     /// Generates one type for this proxy from the stream's snapshot; a
     /// failure is logged and counted, and the type is left as it was.
-    pub(crate) fn generate(&self, type_url: &str, subscription: &Subscription) -> Option<BTreeMap<String, Resource>> {
-        match self.shared.generate(&self.push, &self.proxy, type_url, subscription) {
+    pub(crate) fn generate(
+        &self,
+        type_url: &str,
+        subscription: &Subscription,
+    ) -> Option<BTreeMap<String, Resource>> {
+        match self
+            .shared
+            .generate(&self.push, &self.proxy, type_url, subscription)
+        {
             Ok(resources) => Some(resources),
             Err(error) => {
                 self.shared.metrics.push_error(type_url);
@@ -328,15 +351,30 @@ impl<S: Send + Sync + 'static> Conn<S> {
     }
 
     pub(crate) fn acked(&mut self, type_url: &str, version: &str, nonce: &str) {
-        tracing::debug!(r#type = type_url::short_name(type_url), version, nonce, "ACK");
-        self.status.update_type(type_url, |t| t.acked(version, nonce));
+        tracing::debug!(
+            r#type = type_url::short_name(type_url),
+            version,
+            nonce,
+            "ACK"
+        );
+        self.status
+            .update_type(type_url, |t| t.acked(version, nonce));
         if self.nacking.remove(type_url) {
             self.shared.metrics.rejecting(type_url, false);
         }
     }
 
-    pub(crate) fn nacked(&mut self, type_url: &str, rejected_version: &str, kept_version: &str, nonce: &str, error: Option<&envoy_types::pb::google::rpc::Status>) {
-        let (code, message) = error.map(|e| (e.code, e.message.clone())).unwrap_or_default();
+    pub(crate) fn nacked(
+        &mut self,
+        type_url: &str,
+        rejected_version: &str,
+        kept_version: &str,
+        nonce: &str,
+        error: Option<&envoy_types::pb::google::rpc::Status>,
+    ) {
+        let (code, message) = error
+            .map(|e| (e.code, e.message.clone()))
+            .unwrap_or_default();
         tracing::warn!(
             r#type = type_url::short_name(type_url),
             rejected_version,
@@ -363,10 +401,26 @@ impl<S: Send + Sync + 'static> Conn<S> {
     }
 
     /// Records a sent response in metrics and status.
-    pub(crate) fn sent(&self, type_url: &str, version: &str, nonce: &str, resources: usize, removals: usize, bytes: usize) {
+    pub(crate) fn sent(
+        &self,
+        type_url: &str,
+        version: &str,
+        nonce: &str,
+        resources: usize,
+        removals: usize,
+        bytes: usize,
+    ) {
         self.shared.metrics.pushed(type_url, bytes);
-        self.status.update_type(type_url, |t| t.sent(version, nonce, resources, removals));
-        tracing::debug!(r#type = type_url::short_name(type_url), version, nonce, resources, removals, "sent");
+        self.status
+            .update_type(type_url, |t| t.sent(version, nonce, resources, removals));
+        tracing::debug!(
+            r#type = type_url::short_name(type_url),
+            version,
+            nonce,
+            resources,
+            removals,
+            "sent"
+        );
     }
 }
 
@@ -374,7 +428,12 @@ impl<S> Drop for Conn<S> {
     fn drop(&mut self) {
         self.shared.metrics.connected.dec();
         for type_url in &self.nacking {
-            if let Some(gauge) = self.shared.metrics.rejecting.get(type_url::push_rank(type_url)) {
+            if let Some(gauge) = self
+                .shared
+                .metrics
+                .rejecting
+                .get(type_url::push_rank(type_url))
+            {
                 gauge.dec();
             }
         }
@@ -382,9 +441,14 @@ impl<S> Drop for Conn<S> {
 }
 
 /// The single-type answer of the standalone services' unary `Fetch*`.
-fn fetch<S: Send + Sync + 'static>(shared: &Shared<S>, request: DiscoveryRequest, service: Service) -> Result<DiscoveryResponse, Status> {
+fn fetch<S: Send + Sync + 'static>(
+    shared: &Shared<S>,
+    request: DiscoveryRequest,
+    service: Service,
+) -> Result<DiscoveryResponse, Status> {
     let type_url = service.resolve(&request.type_url)?;
-    let proxy = Proxy::from_node(request.node.as_ref()).map_err(|e| Status::invalid_argument(e.to_string()))?;
+    let proxy = Proxy::from_node(request.node.as_ref())
+        .map_err(|e| Status::invalid_argument(e.to_string()))?;
     let subscription = Subscription::sotw(None, &request.resource_names);
     let push = shared.snapshots.borrow().clone();
     let resources = shared
@@ -409,12 +473,26 @@ impl<S: Send + Sync + 'static> AggregatedDiscoveryService for Ads<S> {
     type StreamAggregatedResourcesStream = SotwStream;
     type DeltaAggregatedResourcesStream = DeltaStream;
 
-    async fn stream_aggregated_resources(&self, request: Request<Streaming<DiscoveryRequest>>) -> Result<Response<SotwStream>, Status> {
-        Ok(Response::new(sotw::spawn(self.0.clone(), request.into_inner(), Service::ADS)))
+    async fn stream_aggregated_resources(
+        &self,
+        request: Request<Streaming<DiscoveryRequest>>,
+    ) -> Result<Response<SotwStream>, Status> {
+        Ok(Response::new(sotw::spawn(
+            self.0.clone(),
+            request.into_inner(),
+            Service::ADS,
+        )))
     }
 
-    async fn delta_aggregated_resources(&self, request: Request<Streaming<DeltaDiscoveryRequest>>) -> Result<Response<DeltaStream>, Status> {
-        Ok(Response::new(delta::spawn(self.0.clone(), request.into_inner(), Service::ADS)))
+    async fn delta_aggregated_resources(
+        &self,
+        request: Request<Streaming<DeltaDiscoveryRequest>>,
+    ) -> Result<Response<DeltaStream>, Status> {
+        Ok(Response::new(delta::spawn(
+            self.0.clone(),
+            request.into_inner(),
+            Service::ADS,
+        )))
     }
 }
 
@@ -435,23 +513,80 @@ macro_rules! standalone {
             type $Stream = SotwStream;
             type $Delta = DeltaStream;
 
-            async fn $stream(&self, request: Request<Streaming<DiscoveryRequest>>) -> Result<Response<SotwStream>, Status> {
-                Ok(Response::new(sotw::spawn(self.0.clone(), request.into_inner(), Self::SERVICE)))
+            async fn $stream(
+                &self,
+                request: Request<Streaming<DiscoveryRequest>>,
+            ) -> Result<Response<SotwStream>, Status> {
+                Ok(Response::new(sotw::spawn(
+                    self.0.clone(),
+                    request.into_inner(),
+                    Self::SERVICE,
+                )))
             }
 
-            async fn $delta(&self, request: Request<Streaming<DeltaDiscoveryRequest>>) -> Result<Response<DeltaStream>, Status> {
-                Ok(Response::new(delta::spawn(self.0.clone(), request.into_inner(), Self::SERVICE)))
+            async fn $delta(
+                &self,
+                request: Request<Streaming<DeltaDiscoveryRequest>>,
+            ) -> Result<Response<DeltaStream>, Status> {
+                Ok(Response::new(delta::spawn(
+                    self.0.clone(),
+                    request.into_inner(),
+                    Self::SERVICE,
+                )))
             }
 
-            async fn $fetch(&self, request: Request<DiscoveryRequest>) -> Result<Response<DiscoveryResponse>, Status> {
+            async fn $fetch(
+                &self,
+                request: Request<DiscoveryRequest>,
+            ) -> Result<Response<DiscoveryResponse>, Status> {
                 fetch(&self.0, request.into_inner(), Self::SERVICE).map(Response::new)
             }
         }
     };
 }
 
-standalone!(Cds, ClusterDiscoveryService, "cds", type_url::CLUSTER, stream_clusters / StreamClustersStream, delta_clusters / DeltaClustersStream, fetch_clusters);
-standalone!(Eds, EndpointDiscoveryService, "eds", type_url::ENDPOINT, stream_endpoints / StreamEndpointsStream, delta_endpoints / DeltaEndpointsStream, fetch_endpoints);
-standalone!(Lds, ListenerDiscoveryService, "lds", type_url::LISTENER, stream_listeners / StreamListenersStream, delta_listeners / DeltaListenersStream, fetch_listeners);
-standalone!(Rds, RouteDiscoveryService, "rds", type_url::ROUTE, stream_routes / StreamRoutesStream, delta_routes / DeltaRoutesStream, fetch_routes);
-standalone!(Sds, SecretDiscoveryService, "sds", type_url::SECRET, stream_secrets / StreamSecretsStream, delta_secrets / DeltaSecretsStream, fetch_secrets);
+standalone!(
+    Cds,
+    ClusterDiscoveryService,
+    "cds",
+    type_url::CLUSTER,
+    stream_clusters / StreamClustersStream,
+    delta_clusters / DeltaClustersStream,
+    fetch_clusters
+);
+standalone!(
+    Eds,
+    EndpointDiscoveryService,
+    "eds",
+    type_url::ENDPOINT,
+    stream_endpoints / StreamEndpointsStream,
+    delta_endpoints / DeltaEndpointsStream,
+    fetch_endpoints
+);
+standalone!(
+    Lds,
+    ListenerDiscoveryService,
+    "lds",
+    type_url::LISTENER,
+    stream_listeners / StreamListenersStream,
+    delta_listeners / DeltaListenersStream,
+    fetch_listeners
+);
+standalone!(
+    Rds,
+    RouteDiscoveryService,
+    "rds",
+    type_url::ROUTE,
+    stream_routes / StreamRoutesStream,
+    delta_routes / DeltaRoutesStream,
+    fetch_routes
+);
+standalone!(
+    Sds,
+    SecretDiscoveryService,
+    "sds",
+    type_url::SECRET,
+    stream_secrets / StreamSecretsStream,
+    delta_secrets / DeltaSecretsStream,
+    fetch_secrets
+);

@@ -39,7 +39,11 @@ struct TypeState {
 const OUTSTANDING: usize = 32;
 
 /// Starts a stream's task; returns the response stream for tonic.
-pub(crate) fn spawn<S, R>(shared: Arc<Shared<S>>, requests: R, service: Service) -> ReceiverStream<Result<DiscoveryResponse, Status>>
+pub(crate) fn spawn<S, R>(
+    shared: Arc<Shared<S>>,
+    requests: R,
+    service: Service,
+) -> ReceiverStream<Result<DiscoveryResponse, Status>>
 where
     S: Send + Sync + 'static,
     R: Stream<Item = Result<DiscoveryRequest, Status>> + Unpin + Send + 'static,
@@ -49,8 +53,12 @@ where
     ReceiverStream::new(rx)
 }
 
-async fn run<S, R>(shared: Arc<Shared<S>>, mut requests: R, tx: mpsc::Sender<Result<DiscoveryResponse, Status>>, service: Service)
-where
+async fn run<S, R>(
+    shared: Arc<Shared<S>>,
+    mut requests: R,
+    tx: mpsc::Sender<Result<DiscoveryResponse, Status>>,
+    service: Service,
+) where
     S: Send + Sync + 'static,
     R: Stream<Item = Result<DiscoveryRequest, Status>> + Unpin,
 {
@@ -66,7 +74,9 @@ where
         Ok(proxy) => proxy,
         Err(error) => {
             tracing::warn!(node = ?first.node.as_ref().map(|n| &n.id), %error, "refusing an xDS stream");
-            let _ = tx.send(Err(Status::invalid_argument(error.to_string()))).await;
+            let _ = tx
+                .send(Err(Status::invalid_argument(error.to_string())))
+                .await;
             return;
         }
     };
@@ -140,8 +150,14 @@ impl<S: Send + Sync + 'static> SotwStream<S> {
     }
 
     async fn handle(&mut self, request: DiscoveryRequest) -> Result<(), Stop> {
-        let type_url = self.service.resolve(&request.type_url).map_err(Stop::Invalid)?;
-        let answered = self.types.get(&type_url).is_some_and(|t| !t.nonce.is_empty());
+        let type_url = self
+            .service
+            .resolve(&request.type_url)
+            .map_err(Stop::Invalid)?;
+        let answered = self
+            .types
+            .get(&type_url)
+            .is_some_and(|t| !t.nonce.is_empty());
         if request.response_nonce.is_empty() || !answered {
             // The first request for this type on this stream (or the proxy
             // lost track of it): send everything it asks for.
@@ -150,17 +166,33 @@ impl<S: Send + Sync + 'static> SotwStream<S> {
             state.subscription = Subscription::sotw(previous.as_ref(), &request.resource_names);
             state.sent.clear();
             let subscription = state.subscription.clone();
-            self.conn.status.update_type(&type_url, |t| t.subscription = subscription);
+            self.conn
+                .status
+                .update_type(&type_url, |t| t.subscription = subscription);
             tracing::debug!(r#type = type_url::short_name(&type_url), names = ?request.resource_names, "subscribed");
             return self.respond(&type_url, true).await.map(drop);
         }
 
         let state = self.types.get_mut(&type_url).expect("answered type");
         // An answer to any recent response tells what the proxy runs...
-        if let Some(i) = state.outstanding.iter().position(|(n, _)| *n == request.response_nonce) {
-            let (nonce, sent_version) = state.outstanding.drain(..=i).last().expect("drained one");
+        if let Some(i) = state
+            .outstanding
+            .iter()
+            .position(|(n, _)| *n == request.response_nonce)
+        {
+            let (nonce, sent_version) = state
+                .outstanding
+                .drain(..=i)
+                .next_back()
+                .expect("drained one");
             match &request.error_detail {
-                Some(error) => self.conn.nacked(&type_url, &sent_version, &request.version_info, &nonce, Some(error)),
+                Some(error) => self.conn.nacked(
+                    &type_url,
+                    &sent_version,
+                    &request.version_info,
+                    &nonce,
+                    Some(error),
+                ),
                 None => self.conn.acked(&type_url, &sent_version, &nonce),
             }
         }
@@ -182,7 +214,9 @@ impl<S: Send + Sync + 'static> SotwStream<S> {
         if !resubscribed {
             return Ok(());
         }
-        self.conn.status.update_type(&type_url, |t| t.subscription = subscription);
+        self.conn
+            .status
+            .update_type(&type_url, |t| t.subscription = subscription);
         tracing::debug!(r#type = type_url::short_name(&type_url), names = ?request.resource_names, "resubscribed");
         self.respond(&type_url, false).await.map(drop)
     }
@@ -200,7 +234,11 @@ impl<S: Send + Sync + 'static> SotwStream<S> {
                 sent |= self.respond(&type_url, false).await?;
             }
             if sent {
-                self.conn.shared.metrics.convergence.observe(push.started.elapsed().as_secs_f64());
+                self.conn
+                    .shared
+                    .metrics
+                    .convergence
+                    .observe(push.started.elapsed().as_secs_f64());
             }
             Ok(())
         }
@@ -215,12 +253,15 @@ impl<S: Send + Sync + 'static> SotwStream<S> {
         let Some(generated) = self.conn.generate(type_url, &state.subscription) else {
             return Ok(false);
         };
-        let versions: BTreeMap<String, String> = generated.iter().map(|(n, r)| (n.clone(), r.version.clone())).collect();
+        let versions: BTreeMap<String, String> = generated
+            .iter()
+            .map(|(n, r)| (n.clone(), r.version.clone()))
+            .collect();
         let full_state = type_url::requires_full_state(type_url) || state.subscription.wildcard;
         let changed = |name: &String, version: &String| state.sent.get(name) != Some(version);
         let any_changed = versions.iter().any(|(n, v)| changed(n, v));
         let any_removed = state.sent.keys().any(|n| !versions.contains_key(n));
-        if !force && !any_changed && !(full_state && any_removed) {
+        if !(force || any_changed || (full_state && any_removed)) {
             // Resources gone from a partial type cannot be signalled in SotW
             // (their parents stop naming them); forget we sent them.
             state.sent = versions;
@@ -235,7 +276,9 @@ impl<S: Send + Sync + 'static> SotwStream<S> {
         let nonce = self.conn.next_nonce();
         let version = self.conn.push.version.clone();
         state.nonce = nonce.clone();
-        state.outstanding.push_back((nonce.clone(), version.clone()));
+        state
+            .outstanding
+            .push_back((nonce.clone(), version.clone()));
         while state.outstanding.len() > OUTSTANDING {
             state.outstanding.pop_front();
         }

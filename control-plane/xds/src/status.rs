@@ -110,7 +110,13 @@ pub(crate) struct StatusRegistry {
 }
 
 impl StatusRegistry {
-    pub(crate) fn register(self: &Arc<Self>, id: u64, proxy: &Proxy, protocol: &'static str, service: &'static str) -> StatusHandle {
+    pub(crate) fn register(
+        self: &Arc<Self>,
+        id: u64,
+        proxy: &Proxy,
+        protocol: &'static str,
+        service: &'static str,
+    ) -> StatusHandle {
         let status = Arc::new(Mutex::new(ConnectionStatus {
             connection_id: format!("{}-{id}", proxy.id),
             node_id: proxy.id.clone(),
@@ -122,7 +128,10 @@ impl StatusRegistry {
             connected_since: now(),
             types: BTreeMap::new(),
         }));
-        self.connections.lock().expect("status lock").insert(id, status.clone());
+        self.connections
+            .lock()
+            .expect("status lock")
+            .insert(id, status.clone());
         StatusHandle {
             id,
             status,
@@ -132,8 +141,17 @@ impl StatusRegistry {
 
     /// Every connected stream, oldest first.
     pub(crate) fn list(&self) -> Vec<ConnectionStatus> {
-        let connections: Vec<_> = self.connections.lock().expect("status lock").values().cloned().collect();
-        connections.iter().map(|c| c.lock().expect("status lock").clone()).collect()
+        let connections: Vec<_> = self
+            .connections
+            .lock()
+            .expect("status lock")
+            .values()
+            .cloned()
+            .collect();
+        connections
+            .iter()
+            .map(|c| c.lock().expect("status lock").clone())
+            .collect()
     }
 }
 
@@ -148,17 +166,24 @@ pub(crate) struct StatusHandle {
 impl StatusHandle {
     pub(crate) fn update_type<R>(&self, type_url: &str, f: impl FnOnce(&mut TypeStatus) -> R) -> R {
         let mut status = self.status.lock().expect("status lock");
-        let entry = status.types.entry(type_url.to_string()).or_insert_with(|| TypeStatus {
-            status: "NOT SENT",
-            ..Default::default()
-        });
+        let entry = status
+            .types
+            .entry(type_url.to_string())
+            .or_insert_with(|| TypeStatus {
+                status: "NOT SENT",
+                ..Default::default()
+            });
         f(entry)
     }
 }
 
 impl Drop for StatusHandle {
     fn drop(&mut self) {
-        self.registry.connections.lock().expect("status lock").remove(&self.id);
+        self.registry
+            .connections
+            .lock()
+            .expect("status lock")
+            .remove(&self.id);
     }
 }
 
@@ -198,8 +223,14 @@ mod tests {
     #[test]
     fn formats_rfc3339() {
         assert_eq!(rfc3339(UNIX_EPOCH), "1970-01-01T00:00:00.000Z");
-        assert_eq!(rfc3339(UNIX_EPOCH + Duration::from_millis(951_827_696_789)), "2000-02-29T12:34:56.789Z");
-        assert_eq!(rfc3339(UNIX_EPOCH + Duration::from_secs(1_767_225_599)), "2025-12-31T23:59:59.000Z");
+        assert_eq!(
+            rfc3339(UNIX_EPOCH + Duration::from_millis(951_827_696_789)),
+            "2000-02-29T12:34:56.789Z"
+        );
+        assert_eq!(
+            rfc3339(UNIX_EPOCH + Duration::from_secs(1_767_225_599)),
+            "2025-12-31T23:59:59.000Z"
+        );
     }
 
     #[test]
@@ -221,6 +252,10 @@ mod tests {
             at: now(),
         });
         assert_eq!(t.status, "NACKED");
-        assert_eq!(t.acked_version.as_deref(), Some("1"), "a NACK keeps the last accepted version");
+        assert_eq!(
+            t.acked_version.as_deref(),
+            Some("1"),
+            "a NACK keeps the last accepted version"
+        );
     }
 }

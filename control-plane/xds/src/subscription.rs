@@ -50,7 +50,11 @@ impl Subscription {
         Subscription {
             wildcard: subscribe.iter().any(|n| n == WILDCARD),
             legacy: false,
-            names: subscribe.iter().filter(|n| *n != WILDCARD).cloned().collect(),
+            names: subscribe
+                .iter()
+                .filter(|n| *n != WILDCARD)
+                .cloned()
+                .collect(),
         }
     }
 
@@ -105,7 +109,10 @@ mod tests {
         let named = Subscription::sotw(Some(&again), &names(&["a"]));
         assert!(!named.wildcard && named.matches("a") && !named.matches("b"));
         let emptied = Subscription::sotw(Some(&named), &[]);
-        assert!(!emptied.wildcard && emptied.names.is_empty(), "an emptied list means nothing, not everything");
+        assert!(
+            !emptied.wildcard && emptied.names.is_empty(),
+            "an emptied list means nothing, not everything"
+        );
         let explicit = Subscription::sotw(Some(&emptied), &names(&["*", "a"]));
         assert!(explicit.wildcard && explicit.names.contains("a"));
     }
@@ -123,7 +130,10 @@ mod tests {
         let mut legacy = Subscription::delta_initial(&[]);
         assert!(legacy.wildcard);
         legacy.delta_update(&names(&["x"]), &[]);
-        assert!(legacy.wildcard, "legacy wildcard survives named subscriptions");
+        assert!(
+            legacy.wildcard,
+            "legacy wildcard survives named subscriptions"
+        );
         legacy.delta_update(&[], &names(&["*"]));
         assert!(!legacy.wildcard && legacy.matches("x"));
     }

@@ -13,7 +13,10 @@ pub const PUSH_ORDER: [&str; 5] = [CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET];
 
 /// Position of a type in [`PUSH_ORDER`]; unknown types go last.
 pub fn push_rank(type_url: &str) -> usize {
-    PUSH_ORDER.iter().position(|t| *t == type_url).unwrap_or(PUSH_ORDER.len())
+    PUSH_ORDER
+        .iter()
+        .position(|t| *t == type_url)
+        .unwrap_or(PUSH_ORDER.len())
 }
 
 /// Listener and Cluster responses carry the complete state of the world in

@@ -14,7 +14,10 @@ use support::*;
 use tokio_stream::wrappers::ReceiverStream;
 
 fn map(entries: &[(&str, &str)]) -> BTreeMap<String, String> {
-    entries.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    entries
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
 }
 
 fn world() -> World {
@@ -27,7 +30,11 @@ fn world() -> World {
         .with(ROUTE, "8080", "routes")
 }
 
-fn type_status<'a>(syncz: &'a [ConnectionStatus], node_name: &str, type_url: &str) -> Option<&'a TypeStatus> {
+fn type_status<'a>(
+    syncz: &'a [ConnectionStatus],
+    node_name: &str,
+    type_url: &str,
+) -> Option<&'a TypeStatus> {
     syncz
         .iter()
         .find(|c| c.node_id.contains(&format!("~{node_name}.")))
@@ -48,12 +55,15 @@ async fn sotw_initial_subscribe_and_ack() {
     assert_eq!(cds.control_plane.as_ref().unwrap().identifier, "sextant");
 
     server
-        .wait_syncz("the CDS response recorded", |s| type_status(s, "a", CLUSTER).is_some_and(|t| t.status == "STALE"))
+        .wait_syncz("the CDS response recorded", |s| {
+            type_status(s, "a", CLUSTER).is_some_and(|t| t.status == "STALE")
+        })
         .await;
     client.ack(&cds, &[]).await;
     server
         .wait_syncz("the ACK recorded", |s| {
-            type_status(s, "a", CLUSTER).is_some_and(|t| t.status == "SYNCED" && t.acked_version.as_deref() == Some("v1"))
+            type_status(s, "a", CLUSTER)
+                .is_some_and(|t| t.status == "SYNCED" && t.acked_version.as_deref() == Some("v1"))
         })
         .await;
     // An ACK is answered by nothing.
@@ -85,11 +95,17 @@ async fn sotw_nack_keeps_the_accepted_version_is_reported_and_never_loops() {
     client.nack(&pushed, "v1", &[], "cluster c2: invalid").await;
 
     server
-        .wait_syncz("the NACK recorded", |s| type_status(s, "a", CLUSTER).is_some_and(|t| t.status == "NACKED"))
+        .wait_syncz("the NACK recorded", |s| {
+            type_status(s, "a", CLUSTER).is_some_and(|t| t.status == "NACKED")
+        })
         .await;
     let syncz = server.xds.syncz();
     let status = type_status(&syncz, "a", CLUSTER).unwrap();
-    assert_eq!(status.acked_version.as_deref(), Some("v1"), "a NACK keeps the last accepted version");
+    assert_eq!(
+        status.acked_version.as_deref(),
+        Some("v1"),
+        "a NACK keeps the last accepted version"
+    );
     let nack = status.last_nack.as_ref().unwrap();
     assert_eq!(nack.message, "cluster c2: invalid");
     assert_eq!(nack.rejected_version, v2);
@@ -115,17 +131,30 @@ async fn sotw_nack_keeps_the_accepted_version_is_reported_and_never_loops() {
     client.ack(&pushed, &[]).await;
     server
         .wait_syncz("the fix ACKed", |s| {
-            type_status(s, "a", CLUSTER).is_some_and(|t| t.status == "SYNCED" && t.acked_version.as_deref() == Some(v4.as_str()))
+            type_status(s, "a", CLUSTER).is_some_and(|t| {
+                t.status == "SYNCED" && t.acked_version.as_deref() == Some(v4.as_str())
+            })
         })
         .await;
     assert_eq!(server.xds.metrics().rejecting[0].get(), 0);
     let syncz = server.xds.syncz();
-    assert!(type_status(&syncz, "a", CLUSTER).unwrap().last_nack.is_some(), "the last NACK stays reported");
+    assert!(
+        type_status(&syncz, "a", CLUSTER)
+            .unwrap()
+            .last_nack
+            .is_some(),
+        "the last NACK stays reported"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sotw_change_reaches_only_the_proxies_it_concerns() {
-    let base = world().with_in("red", CLUSTER, "red-only", "r1").with_in("blue", CLUSTER, "blue-only", "b1");
+    let base = world().with_in("red", CLUSTER, "red-only", "r1").with_in(
+        "blue",
+        CLUSTER,
+        "blue-only",
+        "b1",
+    );
     let server = TestServer::start(base.clone()).await;
     let channel = server.channel().await;
     let mut red = SotwClient::connect(channel.clone(), node("r", "red")).await;
@@ -145,7 +174,10 @@ async fn sotw_change_reaches_only_the_proxies_it_concerns() {
     assert_eq!(contents(&pushed)["red-only"], "r2");
     assert_eq!(pushed.resources.len(), 3, "CDS is state of the world");
     blue.expect_silence().await;
-    assert_eq!(Metrics::count(&server.xds.metrics().pushes, CLUSTER), pushes_before + 1);
+    assert_eq!(
+        Metrics::count(&server.xds.metrics().pushes, CLUSTER),
+        pushes_before + 1
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -160,7 +192,11 @@ async fn sotw_named_subscriptions_and_resubscribe() {
     // Resubscribe with one more name (in the ACK): the new one is sent.
     client.ack(&first, &["c1", "c2"]).await;
     let second = client.recv().await;
-    assert_eq!(contents(&second), map(&[("c2", "ep-two")]), "only the newly named resource");
+    assert_eq!(
+        contents(&second),
+        map(&[("c2", "ep-two")]),
+        "only the newly named resource"
+    );
 
     // Drop c1: nothing to send.
     client.ack(&second, &["c2"]).await;
@@ -188,14 +224,24 @@ async fn sotw_push_is_in_warming_safe_order() {
     let server = TestServer::start(world()).await;
     let mut client = SotwClient::connect(server.channel().await, node("a", "ns")).await;
     // Subscribe in the "wrong" order.
-    for (type_url, names) in [(ROUTE, vec!["8080"]), (LISTENER, vec![]), (ENDPOINT, vec!["c1", "c2"]), (CLUSTER, vec![])] {
+    for (type_url, names) in [
+        (ROUTE, vec!["8080"]),
+        (LISTENER, vec![]),
+        (ENDPOINT, vec!["c1", "c2"]),
+        (CLUSTER, vec![]),
+    ] {
         client.subscribe(type_url, &names).await;
         let response = client.recv().await;
         assert_eq!(response.type_url, type_url);
         client.ack(&response, &names).await;
     }
     let mut w = world();
-    for (type_url, name) in [(ROUTE, "8080"), (LISTENER, "l1"), (ENDPOINT, "c1"), (CLUSTER, "c1")] {
+    for (type_url, name) in [
+        (ROUTE, "8080"),
+        (LISTENER, "l1"),
+        (ENDPOINT, "c1"),
+        (CLUSTER, "c1"),
+    ] {
         w.set(type_url, name, "changed");
     }
     server.set(w);
@@ -237,7 +283,9 @@ async fn sotw_reconnect_gets_a_full_consistent_view() {
     let eds = client.recv().await;
     client.ack(&eds, &["c1", "c2"]).await;
     drop(client);
-    server.wait_syncz("the old stream gone", |s| s.is_empty()).await;
+    server
+        .wait_syncz("the old stream gone", |s| s.is_empty())
+        .await;
 
     // Meanwhile the config changed.
     let mut w = world();
@@ -255,7 +303,10 @@ async fn sotw_reconnect_gets_a_full_consistent_view() {
         .await;
     let cds = client.recv().await;
     assert_eq!(cds.version_info, "v2");
-    assert_eq!(contents(&cds).keys().cloned().collect::<Vec<_>>(), vec!["c1", "c2", "c3"]);
+    assert_eq!(
+        contents(&cds).keys().cloned().collect::<Vec<_>>(),
+        vec!["c1", "c2", "c3"]
+    );
     client
         .send(DiscoveryRequest {
             type_url: ENDPOINT.into(),
@@ -265,7 +316,11 @@ async fn sotw_reconnect_gets_a_full_consistent_view() {
         })
         .await;
     let eds = client.recv().await;
-    assert_eq!(contents(&eds), map(&[("c1", "ep-one"), ("c2", "ep-two")]), "everything, though unchanged");
+    assert_eq!(
+        contents(&eds),
+        map(&[("c1", "ep-one"), ("c2", "ep-two")]),
+        "everything, though unchanged"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -275,12 +330,17 @@ async fn delta_add_update_remove_sends_only_changes() {
 
     client.subscribe(CLUSTER, &[], &[]).await;
     let initial = client.recv().await;
-    assert_eq!(delta_contents(&initial), map(&[("c1", "one"), ("c2", "two")]));
+    assert_eq!(
+        delta_contents(&initial),
+        map(&[("c1", "one"), ("c2", "two")])
+    );
     assert!(initial.removed_resources.is_empty());
     assert_eq!(initial.system_version_info, "v1");
     client.ack(&initial).await;
     server
-        .wait_syncz("the ACK recorded", |s| type_status(s, "a", CLUSTER).is_some_and(|t| t.status == "SYNCED"))
+        .wait_syncz("the ACK recorded", |s| {
+            type_status(s, "a", CLUSTER).is_some_and(|t| t.status == "SYNCED")
+        })
         .await;
     client.expect_silence().await;
 
@@ -324,7 +384,9 @@ async fn delta_reconnect_with_initial_resource_versions() {
     let versions = delta_versions(&initial);
     client.ack(&initial).await;
     drop(client);
-    server.wait_syncz("the old stream gone", |s| s.is_empty()).await;
+    server
+        .wait_syncz("the old stream gone", |s| s.is_empty())
+        .await;
 
     // While disconnected: c1 changes, c2 stays, c3 appears; the proxy also
     // remembers a "gone" it had from an even older server.
@@ -344,7 +406,11 @@ async fn delta_reconnect_with_initial_resource_versions() {
         })
         .await;
     let resync = client.recv().await;
-    assert_eq!(delta_contents(&resync), map(&[("c1", "one-v2"), ("c3", "three")]), "c2 is unchanged: not resent");
+    assert_eq!(
+        delta_contents(&resync),
+        map(&[("c1", "one-v2"), ("c3", "three")]),
+        "c2 is unchanged: not resent"
+    );
     assert_eq!(resync.removed_resources, names(&["gone"]));
 
     // The same with nothing changed: an empty (but present) answer.
@@ -370,13 +436,20 @@ async fn delta_named_subscriptions() {
     client.subscribe(ENDPOINT, &["c1", "missing"], &[]).await;
     let first = client.recv().await;
     assert_eq!(delta_contents(&first), map(&[("c1", "ep-one")]));
-    assert_eq!(first.removed_resources, names(&["missing"]), "a named resource that does not exist is reported removed");
+    assert_eq!(
+        first.removed_resources,
+        names(&["missing"]),
+        "a named resource that does not exist is reported removed"
+    );
     client.ack(&first).await;
 
     client.subscribe(ENDPOINT, &["c2"], &[]).await;
     let second = client.recv().await;
     assert_eq!(delta_contents(&second), map(&[("c2", "ep-two")]));
-    assert!(second.removed_resources.is_empty(), "absence is reported once");
+    assert!(
+        second.removed_resources.is_empty(),
+        "absence is reported once"
+    );
     client.ack(&second).await;
 
     client.subscribe(ENDPOINT, &[], &["c1"]).await;
@@ -389,7 +462,10 @@ async fn delta_named_subscriptions() {
     w.set(ENDPOINT, "missing", "here now");
     server.set(w);
     let pushed = client.recv().await;
-    assert_eq!(delta_contents(&pushed), map(&[("c2", "changed"), ("missing", "here now")]));
+    assert_eq!(
+        delta_contents(&pushed),
+        map(&[("c2", "changed"), ("missing", "here now")])
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -406,13 +482,18 @@ async fn delta_nack_is_reported_and_not_resent() {
     let pushed = client.recv().await;
     client.nack(&pushed, "cluster c1 rejected").await;
     server
-        .wait_syncz("the NACK recorded", |s| type_status(s, "a", CLUSTER).is_some_and(|t| t.status == "NACKED"))
+        .wait_syncz("the NACK recorded", |s| {
+            type_status(s, "a", CLUSTER).is_some_and(|t| t.status == "NACKED")
+        })
         .await;
     let syncz = server.xds.syncz();
     let status = type_status(&syncz, "a", CLUSTER).unwrap();
     assert_eq!(status.acked_version.as_deref(), Some("v1"));
     let nack = status.last_nack.as_ref().unwrap();
-    assert_eq!((nack.rejected_version.as_str(), nack.message.as_str()), (v2.as_str(), "cluster c1 rejected"));
+    assert_eq!(
+        (nack.rejected_version.as_str(), nack.message.as_str()),
+        (v2.as_str(), "cluster c1 rejected")
+    );
     assert_eq!(Metrics::count(&server.xds.metrics().rejects, CLUSTER), 1);
 
     w.set(ENDPOINT, "c9", "unrelated");
@@ -431,8 +512,16 @@ async fn standalone_services_and_fetch() {
     })
     .await
     .unwrap();
-    let mut responses = cds.stream_clusters(ReceiverStream::new(rx)).await.unwrap().into_inner();
-    let response = tokio::time::timeout(WAIT, responses.message()).await.unwrap().unwrap().unwrap();
+    let mut responses = cds
+        .stream_clusters(ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    let response = tokio::time::timeout(WAIT, responses.message())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
     assert_eq!(response.type_url, CLUSTER);
     assert_eq!(contents(&response).len(), 2);
     // Another type on the CDS service is a protocol error.
@@ -442,7 +531,10 @@ async fn standalone_services_and_fetch() {
     })
     .await
     .unwrap();
-    let status = tokio::time::timeout(WAIT, responses.message()).await.unwrap().unwrap_err();
+    let status = tokio::time::timeout(WAIT, responses.message())
+        .await
+        .unwrap()
+        .unwrap_err();
     assert_eq!(status.code(), tonic::Code::InvalidArgument);
 
     let fetched = cds
@@ -467,7 +559,11 @@ async fn a_malformed_node_is_refused() {
     client.subscribe(CLUSTER, &[]).await;
     let status = client.recv_status().await;
     assert_eq!(status.code(), tonic::Code::InvalidArgument);
-    assert!(status.message().contains("TYPE~IP~POD.NAMESPACE"), "{}", status.message());
+    assert!(
+        status.message().contains("TYPE~IP~POD.NAMESPACE"),
+        "{}",
+        status.message()
+    );
     assert!(server.xds.syncz().is_empty());
 }
 
@@ -482,7 +578,10 @@ async fn a_generation_error_is_counted_and_keeps_the_last_config() {
     w.set(CLUSTER, "c1", "FAIL");
     server.set(w);
     client.expect_silence().await;
-    assert_eq!(Metrics::count(&server.xds.metrics().push_errors, CLUSTER), 1);
+    assert_eq!(
+        Metrics::count(&server.xds.metrics().push_errors, CLUSTER),
+        1
+    );
 }
 
 /// A proxy that stops reading never delays the others, and when it reads
@@ -530,7 +629,10 @@ async fn a_stuck_proxy_does_not_delay_the_others() {
             break;
         }
     }
-    assert!(seen.len() < rounds, "the stuck proxy replayed every snapshot: {seen:?}");
+    assert!(
+        seen.len() < rounds,
+        "the stuck proxy replayed every snapshot: {seen:?}"
+    );
 }
 
 /// 1,000 streams on 10 HTTP/2 connections: all subscribe, all get the
@@ -550,7 +652,10 @@ async fn a_thousand_concurrent_streams() {
             let mut go = pushed_tx.subscribe();
             // Half SotW, half Delta.
             tasks.spawn(async move {
-                let node = node(&format!("p{c}-{s}"), if s % 2 == 0 { "even" } else { "odd" });
+                let node = node(
+                    &format!("p{c}-{s}"),
+                    if s % 2 == 0 { "even" } else { "odd" },
+                );
                 if s % 2 == 0 {
                     let mut client = SotwClient::connect(channel, node).await;
                     client.subscribe(CLUSTER, &[]).await;
@@ -582,7 +687,10 @@ async fn a_thousand_concurrent_streams() {
             .expect("every stream subscribed in time")
             .unwrap();
     }
-    assert_eq!(server.xds.metrics().connected.get(), (CONNECTIONS * STREAMS) as i64);
+    assert_eq!(
+        server.xds.metrics().connected.get(),
+        (CONNECTIONS * STREAMS) as i64
+    );
     assert_eq!(server.xds.syncz().len(), CONNECTIONS * STREAMS);
 
     let mut w = world();
@@ -594,6 +702,34 @@ async fn a_thousand_concurrent_streams() {
             result.expect("client task");
         }
     };
-    tokio::time::timeout(Duration::from_secs(60), all).await.expect("every stream got the push in time");
-    assert_eq!(Metrics::count(&server.xds.metrics().pushes, CLUSTER), 2 * (CONNECTIONS * STREAMS) as u64);
+    tokio::time::timeout(Duration::from_secs(60), all)
+        .await
+        .expect("every stream got the push in time");
+    assert_eq!(
+        Metrics::count(&server.xds.metrics().pushes, CLUSTER),
+        2 * (CONNECTIONS * STREAMS) as u64
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disconnect_all_ends_streams_and_proxies_can_come_back() {
+    let server = TestServer::start(world()).await;
+    let channel = server.channel().await;
+    let mut client = SotwClient::connect(channel.clone(), node("a", "ns")).await;
+    client.subscribe(CLUSTER, &[]).await;
+    let initial = client.recv().await;
+    client.ack(&initial, &[]).await;
+    server.wait_syncz("one stream", |s| s.len() == 1).await;
+
+    server.xds.disconnect_all();
+    let end = tokio::time::timeout(WAIT, client.rx.message())
+        .await
+        .expect("stream ended in time");
+    assert!(matches!(end, Ok(None)), "the stream ends cleanly: {end:?}");
+    server.wait_syncz("no stream", |s| s.is_empty()).await;
+    assert_eq!(server.xds.metrics().connected.get(), 0);
+
+    let mut client = SotwClient::connect(channel, node("a", "ns")).await;
+    client.subscribe(CLUSTER, &[]).await;
+    assert_eq!(contents(&client.recv().await).len(), 2);
 }

@@ -69,7 +69,8 @@ impl World {
     }
 
     pub fn remove(&mut self, type_url: &str, name: &str) {
-        self.entries.remove(&(type_url.to_string(), name.to_string()));
+        self.entries
+            .remove(&(type_url.to_string(), name.to_string()));
     }
 }
 
@@ -81,19 +82,30 @@ pub fn body(type_url: &str, content: &str) -> Any {
     }
 }
 
-fn generate(world: &World, proxy: &Proxy, request: &ResourceRequest<'_>) -> Result<Vec<Resource>, BoxError> {
+fn generate(
+    world: &World,
+    proxy: &Proxy,
+    request: &ResourceRequest<'_>,
+) -> Result<Vec<Resource>, BoxError> {
     let mut out = Vec::new();
     for ((type_url, name), entry) in &world.entries {
         if type_url != request.type_url || !request.wants(name) {
             continue;
         }
-        if entry.namespace.as_ref().is_some_and(|ns| *ns != proxy.namespace) {
+        if entry
+            .namespace
+            .as_ref()
+            .is_some_and(|ns| *ns != proxy.namespace)
+        {
             continue;
         }
         if entry.content == "FAIL" {
             return Err(format!("cannot generate {name}").into());
         }
-        out.push(Resource::from_any(name.clone(), body(type_url, &format!("{name}:{}", entry.content))));
+        out.push(Resource::from_any(
+            name.clone(),
+            body(type_url, &format!("{name}:{}", entry.content)),
+        ));
     }
     Ok(out)
 }
@@ -140,7 +152,11 @@ impl TestServer {
     }
 
     pub async fn channel(&self) -> Channel {
-        Channel::from_shared(format!("http://{}", self.addr)).unwrap().connect().await.unwrap()
+        Channel::from_shared(format!("http://{}", self.addr))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap()
     }
 
     pub fn stop(&mut self) {
@@ -150,7 +166,11 @@ impl TestServer {
     }
 
     /// Waits until `check` holds for the server's syncz.
-    pub async fn wait_syncz(&self, what: &str, check: impl Fn(&[sextant_xds::ConnectionStatus]) -> bool) {
+    pub async fn wait_syncz(
+        &self,
+        what: &str,
+        check: impl Fn(&[sextant_xds::ConnectionStatus]) -> bool,
+    ) {
         let deadline = tokio::time::Instant::now() + WAIT;
         loop {
             let syncz = self.xds.syncz();
@@ -177,7 +197,11 @@ pub fn node(name: &str, namespace: &str) -> Node {
         id: format!("sidecar~10.0.0.1~{name}.{namespace}~{namespace}.svc.cluster.local"),
         cluster: format!("{name}.{namespace}"),
         metadata: Some(node_metadata(
-            [("NAMESPACE", namespace), ("SERVICE_ACCOUNT", "default"), ("CLUSTER_ID", "Kubernetes")],
+            [
+                ("NAMESPACE", namespace),
+                ("SERVICE_ACCOUNT", "default"),
+                ("CLUSTER_ID", "Kubernetes"),
+            ],
             [("app", name)],
         )),
         ..Default::default()
@@ -211,8 +235,16 @@ impl SotwClient {
     pub async fn connect(channel: Channel, node: Node) -> SotwClient {
         let (tx, requests) = mpsc::channel(16);
         let mut client = AggregatedDiscoveryServiceClient::new(channel);
-        let rx = client.stream_aggregated_resources(ReceiverStream::new(requests)).await.unwrap().into_inner();
-        SotwClient { tx, rx, node: Some(node) }
+        let rx = client
+            .stream_aggregated_resources(ReceiverStream::new(requests))
+            .await
+            .unwrap()
+            .into_inner();
+        SotwClient {
+            tx,
+            rx,
+            node: Some(node),
+        }
     }
 
     /// Sends a request; the first one carries the node.
@@ -244,7 +276,13 @@ impl SotwClient {
         .await;
     }
 
-    pub async fn nack(&mut self, response: &DiscoveryResponse, kept_version: &str, resource_names: &[&str], message: &str) {
+    pub async fn nack(
+        &mut self,
+        response: &DiscoveryResponse,
+        kept_version: &str,
+        resource_names: &[&str],
+        message: &str,
+    ) {
         self.send(DiscoveryRequest {
             type_url: response.type_url.clone(),
             version_info: kept_version.into(),
@@ -295,8 +333,16 @@ impl DeltaClient {
     pub async fn connect(channel: Channel, node: Node) -> DeltaClient {
         let (tx, requests) = mpsc::channel(16);
         let mut client = AggregatedDiscoveryServiceClient::new(channel);
-        let rx = client.delta_aggregated_resources(ReceiverStream::new(requests)).await.unwrap().into_inner();
-        DeltaClient { tx, rx, node: Some(node) }
+        let rx = client
+            .delta_aggregated_resources(ReceiverStream::new(requests))
+            .await
+            .unwrap()
+            .into_inner();
+        DeltaClient {
+            tx,
+            rx,
+            node: Some(node),
+        }
     }
 
     pub async fn send(&mut self, mut request: DeltaDiscoveryRequest) {
@@ -369,8 +415,14 @@ pub fn delta_contents(response: &DeltaDiscoveryResponse) -> BTreeMap<String, Str
 }
 
 /// Name -> version of a Delta response's resources.
-pub fn delta_versions(response: &DeltaDiscoveryResponse) -> std::collections::HashMap<String, String> {
-    response.resources.iter().map(|r| (r.name.clone(), r.version.clone())).collect()
+pub fn delta_versions(
+    response: &DeltaDiscoveryResponse,
+) -> std::collections::HashMap<String, String> {
+    response
+        .resources
+        .iter()
+        .map(|r| (r.name.clone(), r.version.clone()))
+        .collect()
 }
 
 pub fn set(names: &[&str]) -> BTreeSet<String> {
