@@ -210,6 +210,7 @@ impl Drop for Process {
 
 /// `sextant serve` on loopback, following a config directory.
 pub struct Sextant {
+    generator: String,
     process: Option<Process>,
     pub config_dir: PathBuf,
     pub xds_addr: SocketAddr,
@@ -223,7 +224,14 @@ impl Sextant {
     /// Starts on free ports, following `config_dir`; returns once the admin
     /// server reports ready and the xDS port accepts connections.
     pub fn start(config_dir: &Path) -> Sextant {
+        Sextant::start_with(config_dir, "istio")
+    }
+
+    /// Starts with a given generator (`istio`, or `passthrough` for the
+    /// protocol tests that must not depend on Istio's translation).
+    pub fn start_with(config_dir: &Path, generator: &str) -> Sextant {
         let mut sextant = Sextant {
+            generator: generator.to_string(),
             process: None,
             config_dir: config_dir.to_path_buf(),
             xds_addr: SocketAddr::from(([127, 0, 0, 1], free_port())),
@@ -258,6 +266,7 @@ impl Sextant {
                 .arg("--xds-addr")
                 .arg(self.xds_addr.to_string())
                 .args(["--debounce-quiet", "100ms", "--debounce-max", "1s"])
+                .args(["--generator", &self.generator])
                 .env("RUST_LOG", "info,sextant_xds=debug"),
             &self.log,
         )

@@ -139,7 +139,7 @@ fn edit_flow(delta: bool) {
         "services.yaml",
         &service_entry("shop", &["a.test"], port, backend.addr),
     );
-    let sextant = Sextant::start(&config);
+    let sextant = Sextant::start_with(&config, "passthrough");
     let mut options = EnvoyOptions::sidecar("app");
     if delta {
         options = options.delta();
@@ -219,7 +219,7 @@ fn envoys_keep_serving_while_sextant_restarts_and_resync() {
         "services.yaml",
         &service_entry("shop", &["a.test"], port, backend.addr),
     );
-    let mut sextant = Sextant::start(&config);
+    let mut sextant = Sextant::start_with(&config, "passthrough");
     let envoys = [
         Envoy::start(&sextant, EnvoyOptions::sidecar("sotw"), dir.path()),
         Envoy::start(&sextant, EnvoyOptions::sidecar("delta").delta(), dir.path()),

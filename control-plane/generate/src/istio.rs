@@ -43,3 +43,22 @@ impl Generator<MeshSnapshot> for IstioGenerator {
         })
     }
 }
+
+/// Which translation `sextant serve` uses: Istio's (the default), or the
+/// minimal pass-through the xDS protocol tests run on, so that they test the
+/// protocol and not the translation.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Translation {
+    #[default]
+    Istio,
+    PassThrough,
+}
+
+impl Generator<MeshSnapshot> for Translation {
+    fn generate(&self, mesh: &MeshSnapshot, proxy: &Proxy, request: &ResourceRequest<'_>) -> Result<Vec<Resource>, BoxError> {
+        match self {
+            Translation::Istio => IstioGenerator.generate(mesh, proxy, request),
+            Translation::PassThrough => crate::PassThrough.generate(&mesh.config, proxy, request),
+        }
+    }
+}

@@ -11,7 +11,7 @@ use axum::response::{IntoResponse, Json};
 use axum::routing::get;
 use prometheus_client::registry::Registry;
 use sextant_config::store::{ConfigSnapshot, ConfigStore, StoreEvent};
-use sextant_generate::IstioGenerator;
+use sextant_generate::istio::Translation;
 use sextant_generate::mesh::MeshSnapshot;
 use sextant_xds::debounce::Debounce;
 use sextant_xds::{Push, XdsServer};
@@ -19,6 +19,10 @@ use tokio_stream::wrappers::BroadcastStream;
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct XdsArgs {
+    /// The translation served: Istio's, or the minimal pass-through (one
+    /// cluster per ServiceEntry host and port) used by the protocol tests.
+    #[arg(long, value_enum, default_value = "istio")]
+    pub generator: GeneratorKind,
     /// Address of the plaintext xDS server (ADS, SotW and Delta).
     #[arg(long, default_value = "0.0.0.0:15010")]
     pub xds_addr: SocketAddr,
@@ -60,7 +64,7 @@ pub struct Xds {
 impl Xds {
     /// A server with an empty snapshot; [`Xds::run`] loads the store's.
     pub fn new(args: XdsArgs) -> Xds {
-        let server = XdsServer::new(IstioGenerator, Push::new("0", MeshSnapshot::default()));
+        let server = XdsServer::new(args.generator.translation(), Push::new("0", MeshSnapshot::default()));
         let mut registry = Registry::default();
         server.metrics().register(&mut registry);
         Xds {
@@ -196,5 +200,20 @@ mod tests {
         assert_eq!(parse_duration("1m"), Ok(Duration::from_secs(60)));
         assert!(parse_duration("1h").is_err());
         assert!(parse_duration("fast").is_err());
+    }
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+pub enum GeneratorKind {
+    Istio,
+    Passthrough,
+}
+
+impl GeneratorKind {
+    fn translation(self) -> Translation {
+        match self {
+            GeneratorKind::Istio => Translation::Istio,
+            GeneratorKind::Passthrough => Translation::PassThrough,
+        }
     }
 }
