@@ -51,4 +51,4 @@ fi
 
 "$bin/envoy" --version | grep version
 "$bin/helm" version --short
-"$bin/kubectl" version --client 2>/dev/null | head -1
+"$bin/kubectl" version --client 2>/dev/null | sed -n 1p
