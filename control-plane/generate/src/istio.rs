@@ -55,7 +55,12 @@ pub enum Translation {
 }
 
 impl Generator<MeshSnapshot> for Translation {
-    fn generate(&self, mesh: &MeshSnapshot, proxy: &Proxy, request: &ResourceRequest<'_>) -> Result<Vec<Resource>, BoxError> {
+    fn generate(
+        &self,
+        mesh: &MeshSnapshot,
+        proxy: &Proxy,
+        request: &ResourceRequest<'_>,
+    ) -> Result<Vec<Resource>, BoxError> {
         match self {
             Translation::Istio => IstioGenerator.generate(mesh, proxy, request),
             Translation::PassThrough => crate::PassThrough.generate(&mesh.config, proxy, request),

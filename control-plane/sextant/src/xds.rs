@@ -64,7 +64,10 @@ pub struct Xds {
 impl Xds {
     /// A server with an empty snapshot; [`Xds::run`] loads the store's.
     pub fn new(args: XdsArgs) -> Xds {
-        let server = XdsServer::new(args.generator.translation(), Push::new("0", MeshSnapshot::default()));
+        let server = XdsServer::new(
+            args.generator.translation(),
+            Push::new("0", MeshSnapshot::default()),
+        );
         let mut registry = Registry::default();
         server.metrics().register(&mut registry);
         Xds {
@@ -102,7 +105,10 @@ impl Xds {
         let events = store.subscribe();
         let initial = store.snapshot();
         tracing::info!(version = %self.version(&initial), objects = initial.objects.len(), "initial xDS snapshot");
-        self.server.push(Push::new(self.version(&initial), MeshSnapshot::build(initial)));
+        self.server.push(Push::new(
+            self.version(&initial),
+            MeshSnapshot::build(initial),
+        ));
 
         let listener = tokio::net::TcpListener::bind(self.args.xds_addr)
             .await
