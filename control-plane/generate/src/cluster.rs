@@ -17,7 +17,8 @@
 //!
 //! DestinationRule traffic policies are merged and applied by
 //! `cluster::traffic_policy` (load balancer, connection pool, outlier detection)
-//! and `cluster::tls` (client TLS). [`hash_policy`] gives the route generator the
+//! and `cluster::tls` (client TLS, Istio's ISTIO_MUTUAL and auto mTLS for
+//! proxies with SDS; see [`crate::mtls`]). [`hash_policy`] gives the route generator the
 //! consistent-hash key of a destination from the same merged policy.
 //!
 //! Output is sorted by cluster name and free of duplicates (when two
@@ -42,8 +43,10 @@ use sextant_xds::{InterceptionMode, Proxy, ProxyType};
 use crate::endpoint::{self, AddressKind};
 use crate::envoy::{ads, duration};
 use crate::mesh::{MeshPort, MeshService, MeshSnapshot};
-use crate::names;
+use crate::peer_authentication::PeerAuthentications;
 use crate::services::Protocol;
+use crate::{mtls, names};
+use tls::MeshTls;
 use traffic_policy::{Direction, Policy};
 
 /// Istio's default connect timeout (MeshConfig `connectTimeout`).
@@ -51,9 +54,11 @@ pub const DEFAULT_CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::fr
 
 /// Every cluster of a proxy, sorted by name.
 pub fn clusters(mesh: &MeshSnapshot, proxy: &Proxy) -> Vec<Cluster> {
+    let peer_authentications = PeerAuthentications::new(mesh);
+    let sds = mtls::has_sds(proxy);
     let mut out: Vec<Cluster> = outbound_clusters(mesh, proxy)
         .iter()
-        .map(|c| build_outbound(c, proxy))
+        .map(|c| build_outbound(c, proxy, &peer_authentications, sds))
         .collect();
     let mut seen: HashSet<String> = out.iter().map(|c| c.name.clone()).collect();
     for cluster in inbound_clusters(mesh, proxy) {
@@ -161,6 +166,21 @@ impl OutboundCluster<'_> {
             .endpoints
             .iter()
             .filter(move |e| selector.is_none_or(|labels| e.matches(labels)))
+    }
+
+    /// What Istio's mutual TLS needs to know about this cluster, for a
+    /// proxy with (`sds`) or without a certificate.
+    fn mesh_tls(&self, sds: bool) -> MeshTls {
+        MeshTls {
+            sni: mtls::outbound_sni(
+                self.port.number,
+                self.subset.map(|s| s.name.as_str()).unwrap_or_default(),
+                &self.service.hostname,
+            ),
+            identities: mtls::service_identities(self.service),
+            sds,
+            in_mesh: !self.service.mesh_external,
+        }
     }
 }
 
@@ -271,7 +291,12 @@ fn base_cluster(name: String) -> Cluster {
     }
 }
 
-fn build_outbound(oc: &OutboundCluster<'_>, proxy: &Proxy) -> Cluster {
+fn build_outbound(
+    oc: &OutboundCluster<'_>,
+    proxy: &Proxy,
+    peer_authentications: &PeerAuthentications<'_>,
+    sds: bool,
+) -> Cluster {
     let mut cluster = base_cluster(oc.name.clone());
     match oc.discovery {
         Discovery::Eds => {
@@ -282,7 +307,8 @@ fn build_outbound(oc: &OutboundCluster<'_>, proxy: &Proxy) -> Cluster {
             });
         }
         Discovery::StrictDns | Discovery::LogicalDns => {
-            let mut localities = endpoint::locality_lb_endpoints(oc, AddressKind::Dns);
+            let mut localities =
+                endpoint::locality_lb_endpoints(oc, AddressKind::Dns, peer_authentications);
             let mut kind = if oc.discovery == Discovery::LogicalDns {
                 DiscoveryType::LogicalDns
             } else {
@@ -317,6 +343,7 @@ fn build_outbound(oc: &OutboundCluster<'_>, proxy: &Proxy) -> Cluster {
         &oc.policy,
         oc.port.protocol,
         Direction::Outbound,
+        Some(&oc.mesh_tls(sds)),
     );
     cluster
 }
@@ -569,6 +596,7 @@ fn inbound_clusters(mesh: &MeshSnapshot, proxy: &Proxy) -> Vec<Cluster> {
                 &policy,
                 plan.cluster.protocol,
                 Direction::Inbound,
+                None,
             );
             cluster
         })

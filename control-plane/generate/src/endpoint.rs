@@ -9,6 +9,13 @@
 //!
 //! DNS clusters carry the same kind of assignment inline (see
 //! [`crate::cluster`]), built here too.
+//!
+//! Endpoints of workloads with a sidecar (labelled
+//! `security.istio.io/tlsMode: istio`) carry the metadata
+//! `envoy.transport_socket_match: {tlsMode: istio}`, which makes auto mTLS
+//! clusters use mutual TLS to them, as Istio does; unless the workload's
+//! PeerAuthentication DISABLEs mutual TLS on the endpoint's port, where
+//! Istio's clients send plain text.
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
@@ -23,16 +30,19 @@ use sextant_xds::pb::envoy::config::endpoint::v3::{
 use crate::cluster::{Discovery, OutboundCluster, outbound_clusters};
 use crate::envoy::{socket_address, u32_value};
 use crate::mesh::MeshSnapshot;
+use crate::mtls;
+use crate::peer_authentication::{MtlsMode, PeerAuthentications};
 
 /// One ClusterLoadAssignment per EDS cluster of the proxy, sorted by
 /// cluster name.
 pub fn endpoints(mesh: &MeshSnapshot, proxy: &Proxy) -> Vec<ClusterLoadAssignment> {
+    let peer_authentications = PeerAuthentications::new(mesh);
     outbound_clusters(mesh, proxy)
         .iter()
         .filter(|c| c.discovery == Discovery::Eds)
         .map(|c| ClusterLoadAssignment {
             cluster_name: c.name.clone(),
-            endpoints: locality_lb_endpoints(c, AddressKind::Ip),
+            endpoints: locality_lb_endpoints(c, AddressKind::Ip, &peer_authentications),
             ..Default::default()
         })
         .collect()
@@ -108,19 +118,23 @@ fn locality(locality: &str) -> Option<Locality> {
 }
 
 /// The endpoints of an outbound cluster, grouped by locality (in locality
-/// order, endpoints in registry order). A DNS service without endpoints
-/// resolves its own host name, as a label-less endpoint.
+/// order, endpoints in registry order), with the auto mTLS metadata where
+/// it applies. A DNS service without endpoints resolves its own host name,
+/// as a label-less endpoint.
 pub(crate) fn locality_lb_endpoints(
     cluster: &OutboundCluster<'_>,
     kind: AddressKind,
+    peer_authentications: &PeerAuthentications<'_>,
 ) -> Vec<LocalityLbEndpoints> {
     let mut by_locality: BTreeMap<&str, Vec<LbEndpoint>> = BTreeMap::new();
     for e in cluster.endpoints() {
-        if let Some(addr) = address(&e.address, e.port_for(cluster.port), kind) {
-            by_locality
-                .entry(e.locality.as_str())
-                .or_default()
-                .push(lb_endpoint(addr, e.weight));
+        let port = e.port_for(cluster.port);
+        if let Some(addr) = address(&e.address, port, kind) {
+            let mut lb = lb_endpoint(addr, e.weight);
+            if takes_mutual_tls(e, port, peer_authentications) {
+                lb.metadata = Some(mtls::istio_tls_mode_metadata());
+            }
+            by_locality.entry(e.locality.as_str()).or_default().push(lb);
         }
     }
     let service = cluster.service;
@@ -142,6 +156,20 @@ pub(crate) fn locality_lb_endpoints(
             ..Default::default()
         })
         .collect()
+}
+
+/// Whether an auto mTLS client uses mutual TLS to `endpoint` on `port`:
+/// its workload has a sidecar and does not DISABLE mutual TLS there.
+fn takes_mutual_tls(
+    endpoint: &crate::mesh::Endpoint,
+    port: u32,
+    peer_authentications: &PeerAuthentications<'_>,
+) -> bool {
+    mtls::endpoint_has_sidecar(endpoint)
+        && peer_authentications
+            .for_workload(&endpoint.namespace, &endpoint.labels)
+            .mode_for_port(port)
+            != MtlsMode::Disable
 }
 
 #[cfg(test)]
@@ -259,6 +287,88 @@ spec:
         assert!(
             cla[2].endpoints.is_empty(),
             "a subset without members has an empty assignment"
+        );
+    }
+
+    const SIDECARS: &str = r#"
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: reviews}
+spec:
+  hosts: [reviews.default.svc.cluster.local]
+  ports: [{number: 9080, name: http, protocol: HTTP}, {number: 9090, name: grpc, protocol: GRPC}]
+  resolution: STATIC
+  workloadSelector: {labels: {app: reviews}}
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {name: with-sidecar}
+spec: {address: 127.0.1.1, labels: {app: reviews, version: v1, security.istio.io/tlsMode: istio}}
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {name: without}
+spec: {address: 127.0.2.1, labels: {app: reviews, version: v2}}
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {name: disabled}
+spec: {address: 127.0.3.1, labels: {app: reviews, version: v3, security.istio.io/tlsMode: istio}, ports: {grpc: 19090}}
+---
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: v3}
+spec:
+  selector: {matchLabels: {version: v3}}
+  mtls: {mode: STRICT}
+  portLevelMtls: {"19090": {mode: DISABLE}}
+"#;
+
+    /// (address, whether it carries `tlsMode: istio`) of each endpoint.
+    fn tls_modes(cla: &ClusterLoadAssignment) -> Vec<(String, bool)> {
+        cla.endpoints
+            .iter()
+            .flat_map(|l| &l.lb_endpoints)
+            .map(|e| {
+                let Some(HostIdentifier::Endpoint(ep)) = &e.host_identifier else {
+                    panic!()
+                };
+                let Some(AddressKindPb::SocketAddress(sa)) =
+                    ep.address.as_ref().and_then(|a| a.address.as_ref())
+                else {
+                    panic!()
+                };
+                if let Some(m) = &e.metadata {
+                    assert_eq!(m, &mtls::istio_tls_mode_metadata());
+                }
+                (sa.address.clone(), e.metadata.is_some())
+            })
+            .collect()
+    }
+
+    #[test]
+    fn endpoints_of_sidecars_say_they_take_mutual_tls() {
+        let m = mesh(SIDECARS);
+        let cla = endpoints(&m, &sidecar("default"));
+        let by_name = |name: &str| cla.iter().find(|c| c.cluster_name == name).unwrap();
+        // Only labelled endpoints (in WorkloadEntry name order); the
+        // workload whose PeerAuthentication DISABLEs its port (19090, the grpc port's endpoint port) takes
+        // plain text there, mutual TLS on its other port.
+        assert_eq!(
+            tls_modes(by_name("outbound|9080||reviews.default.svc.cluster.local")),
+            [
+                ("127.0.3.1".to_string(), true),
+                ("127.0.1.1".to_string(), true),
+                ("127.0.2.1".to_string(), false),
+            ]
+        );
+        assert_eq!(
+            tls_modes(by_name("outbound|9090||reviews.default.svc.cluster.local")),
+            [
+                ("127.0.3.1".to_string(), false),
+                ("127.0.1.1".to_string(), true),
+                ("127.0.2.1".to_string(), false),
+            ]
         );
     }
 

@@ -4,16 +4,21 @@
 //! [`mesh::MeshSnapshot`] is built once per push from the config snapshot;
 //! [`IstioGenerator`] turns it into each proxy's clusters ([`cluster`]),
 //! endpoints ([`endpoint`]), listeners ([`listener`]) and routes
-//! ([`route`]), named as Istio names them ([`names`]).
+//! ([`route`]), named as Istio names them ([`names`]). Mutual TLS between
+//! sidecars ([`mtls`]) follows DestinationRules on the client side and
+//! PeerAuthentication ([`peer_authentication`]) on the server side.
 //! [`passthrough`] is the minimal generator the xDS work started with.
+pub mod authz;
 pub mod cluster;
 pub mod endpoint;
 pub mod envoy;
 pub mod istio;
 pub mod listener;
 pub mod mesh;
+pub mod mtls;
 pub mod names;
 pub mod passthrough;
+pub mod peer_authentication;
 pub mod route;
 mod services;
 

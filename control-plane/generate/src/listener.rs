@@ -21,6 +21,10 @@
 //!   SNI, TLS passthrough by SNI from VirtualService `tls` routes, TCP from
 //!   `tcp` routes.
 //!
+//! A sidecar's inbound ports accept plain text and Istio's mutual TLS as
+//! the workload's PeerAuthentication says (PERMISSIVE by default), when the
+//! proxy has an agent serving its certificate over SDS ([`inbound`]).
+//!
 //! HTTP ports get an HTTP connection manager ([`http_connection_manager`])
 //! with the HTTP filters of [`crate::route::http_filters`] and routes over
 //! RDS (route configurations named as [`crate::route`] names them), or an
@@ -36,6 +40,7 @@
 //! sorted by name.
 mod capture;
 mod gateway;
+mod inbound;
 mod l4;
 mod outbound;
 mod sidecar;
@@ -153,12 +158,30 @@ pub enum HttpSide {
     Gateway,
 }
 
-/// An HTTP connection manager network filter with Istio's defaults: AUTO
-/// codec, server name `istio-envoy`, normalized paths (escaped slashes
-/// kept), no stream idle timeout (route timeouts apply), websocket
-/// upgrades, the access log, and the HTTP filters of
-/// [`crate::route::http_filters`].
+/// An HTTP connection manager network filter with Istio's defaults (see
+/// [`http_connection_manager_config`]).
 pub fn http_connection_manager(stat_prefix: &str, routes: Routes, side: HttpSide) -> Filter {
+    hcm_filter(&http_connection_manager_config(stat_prefix, routes, side))
+}
+
+/// The network filter of an HTTP connection manager.
+pub fn hcm_filter(manager: &HttpConnectionManager) -> Filter {
+    Filter {
+        name: "envoy.filters.network.http_connection_manager".to_string(),
+        config_type: Some(filter::ConfigType::TypedConfig(any(manager))),
+    }
+}
+
+/// An HTTP connection manager with Istio's defaults: AUTO codec, server
+/// name `istio-envoy`, normalized paths (escaped slashes kept), no stream
+/// idle timeout (route timeouts apply), websocket upgrades, the access
+/// log, and the HTTP filters of [`crate::route::http_filters`]; for callers
+/// that add to it before [`hcm_filter`].
+pub fn http_connection_manager_config(
+    stat_prefix: &str,
+    routes: Routes,
+    side: HttpSide,
+) -> HttpConnectionManager {
     let route_specifier = match routes {
         Routes::Rds(name) => RouteSpecifier::Rds(Rds {
             config_source: Some(ads()),
@@ -166,7 +189,7 @@ pub fn http_connection_manager(stat_prefix: &str, routes: Routes, side: HttpSide
         }),
         Routes::Inline(config) => RouteSpecifier::RouteConfig(*config),
     };
-    let manager = HttpConnectionManager {
+    HttpConnectionManager {
         stat_prefix: stat_prefix.to_string(),
         codec_type: CodecType::Auto as i32,
         route_specifier: Some(route_specifier),
@@ -184,10 +207,6 @@ pub fn http_connection_manager(stat_prefix: &str, routes: Routes, side: HttpSide
             ..Default::default()
         }],
         ..Default::default()
-    };
-    Filter {
-        name: "envoy.filters.network.http_connection_manager".to_string(),
-        config_type: Some(filter::ConfigType::TypedConfig(any(&manager))),
     }
 }
 

@@ -1,9 +1,13 @@
 //! `sextant bootstrap`: an Envoy bootstrap (YAML) for one proxy, as Istio's
 //! agent would write it: the node id and metadata Sextant reads, ADS over
-//! gRPC to the xDS address (SotW or Delta), CDS and LDS from ADS, and the
-//! admin interface.
+//! gRPC to the xDS address (SotW or Delta), CDS and LDS from ADS, the admin
+//! interface and Istio's runtime overrides. With `--sds-socket`, the
+//! `sds-grpc` cluster to the node agent (`sextant agent`), which serves the
+//! workload certificate (`default`) and trust bundle (`ROOTCA`); with
+//! `--xds-tls`, xDS itself goes over mTLS with those (Istio's port 15012).
 use std::collections::BTreeMap;
 use std::net::IpAddr;
+use std::path::PathBuf;
 
 use anyhow::{Context, bail};
 use serde_json::{Value, json};
@@ -34,8 +38,24 @@ pub struct BootstrapArgs {
     #[arg(long)]
     gateway: bool,
     /// The xDS server, `HOST:PORT` (an IP, or a name resolved by DNS).
-    #[arg(long, default_value = "127.0.0.1:15010")]
-    xds_addr: String,
+    /// Default `127.0.0.1:15010`, or `127.0.0.1:15012` with --xds-tls.
+    #[arg(long)]
+    xds_addr: Option<String>,
+    /// The node agent's SDS socket (`sextant agent --sds-socket`): adds the
+    /// `sds-grpc` cluster that generated TLS settings take `default` and
+    /// `ROOTCA` from. A relative path is relative to Envoy's working
+    /// directory.
+    #[arg(long, value_name = "PATH")]
+    sds_socket: Option<PathBuf>,
+    /// xDS over TLS (Istio's port 15012): Envoy presents the workload
+    /// certificate and verifies the server with ROOTCA and
+    /// --xds-server-name, both from the agent over --sds-socket.
+    #[arg(long, requires = "sds_socket")]
+    xds_tls: bool,
+    /// The name the xDS server's certificate must carry (and the TLS SNI)
+    /// with --xds-tls.
+    #[arg(long, default_value = "istiod.istio-system.svc")]
+    xds_server_name: String,
     /// Incremental (Delta) xDS instead of state of the world.
     #[arg(long)]
     delta: bool,
@@ -103,7 +123,18 @@ fn render(args: &BootstrapArgs) -> anyhow::Result<String> {
     };
     Proxy::from_node(Some(&node)).with_context(|| format!("node id {node_id:?}"))?;
 
-    let (xds_host, xds_port) = split_host_port(&args.xds_addr)?;
+    let default_xds = if args.xds_tls {
+        "127.0.0.1:15012"
+    } else {
+        "127.0.0.1:15010"
+    };
+    let (xds_host, xds_port) = split_host_port(args.xds_addr.as_deref().unwrap_or(default_xds))?;
+    if args.xds_tls && args.sds_socket.is_none() {
+        bail!("--xds-tls needs --sds-socket: Envoy's xDS client certificate comes from the agent");
+    }
+    if args.xds_tls && args.xds_server_name.trim().is_empty() {
+        bail!("--xds-server-name must not be empty");
+    }
     let mut metadata: serde_json::Map<String, Value> = strings
         .iter()
         .map(|(k, v)| (k.to_string(), json!(v)))
@@ -113,6 +144,30 @@ fn render(args: &BootstrapArgs) -> anyhow::Result<String> {
     }
     let app = args.labels.get("app").unwrap_or(&args.pod_name);
     let ads_cluster = "xds-grpc";
+    let mut xds_cluster = json!({
+        "name": ads_cluster,
+        "type": if xds_host.parse::<IpAddr>().is_ok() { "STATIC" } else { "STRICT_DNS" },
+        "connect_timeout": "1s",
+        "load_assignment": {
+            "cluster_name": ads_cluster,
+            "endpoints": [{ "lb_endpoints": [{ "endpoint": { "address": {
+                "socket_address": { "address": xds_host, "port_value": xds_port }
+            }}}]}],
+        },
+        "typed_extension_protocol_options": http2_only(),
+        "upstream_connection_options": { "tcp_keepalive": { "keepalive_time": 300 } },
+    });
+    if args.xds_tls {
+        xds_cluster["transport_socket"] = xds_tls(&args.xds_server_name);
+    }
+    let mut clusters = Vec::new();
+    if let Some(socket) = &args.sds_socket {
+        let path = socket
+            .to_str()
+            .with_context(|| format!("--sds-socket {}: not UTF-8", socket.display()))?;
+        clusters.push(sds_cluster(path));
+    }
+    clusters.push(xds_cluster);
     let bootstrap = json!({
         "node": {
             "id": node_id,
@@ -129,31 +184,98 @@ fn render(args: &BootstrapArgs) -> anyhow::Result<String> {
             "cds_config": { "ads": {}, "resource_api_version": "V3" },
             "lds_config": { "ads": {}, "resource_api_version": "V3" },
         },
-        "static_resources": {
-            "clusters": [{
-                "name": ads_cluster,
-                "type": if xds_host.parse::<IpAddr>().is_ok() { "STATIC" } else { "STRICT_DNS" },
-                "connect_timeout": "1s",
-                "load_assignment": {
-                    "cluster_name": ads_cluster,
-                    "endpoints": [{ "lb_endpoints": [{ "endpoint": { "address": {
-                        "socket_address": { "address": xds_host, "port_value": xds_port }
-                    }}}]}],
-                },
-                "typed_extension_protocol_options": {
-                    "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
-                        "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
-                        "explicit_http_config": { "http2_protocol_options": {} },
-                    },
-                },
-                "upstream_connection_options": { "tcp_keepalive": { "keepalive_time": 300 } },
-            }],
-        },
+        "static_resources": { "clusters": clusters },
         "admin": {
             "address": { "socket_address": { "address": args.admin_address.to_string(), "port_value": args.admin_port } },
         },
+        "layered_runtime": runtime(),
     });
     Ok(serde_yaml::to_string(&bootstrap)?)
+}
+
+/// The cluster of the node agent's SDS server (Istio's name and shape).
+const SDS_CLUSTER: &str = "sds-grpc";
+
+fn http2_only() -> Value {
+    json!({
+        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+            "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+            "explicit_http_config": { "http2_protocol_options": {} },
+        },
+    })
+}
+
+fn sds_cluster(path: &str) -> Value {
+    json!({
+        "name": SDS_CLUSTER,
+        "type": "STATIC",
+        "connect_timeout": "1s",
+        "load_assignment": {
+            "cluster_name": SDS_CLUSTER,
+            "endpoints": [{ "lb_endpoints": [{ "endpoint": { "address": {
+                "pipe": { "path": path }
+            }}}]}],
+        },
+        "typed_extension_protocol_options": http2_only(),
+    })
+}
+
+/// A secret from the agent, referenced as Istio's generated config does.
+fn sds_secret(name: &str) -> Value {
+    json!({
+        "name": name,
+        "sds_config": {
+            "api_config_source": {
+                "api_type": "GRPC",
+                "transport_api_version": "V3",
+                "grpc_services": [{ "envoy_grpc": { "cluster_name": SDS_CLUSTER } }],
+            },
+            "resource_api_version": "V3",
+        },
+    })
+}
+
+/// mTLS to the control plane: the workload certificate as the client
+/// certificate, the server verified against ROOTCA and its DNS name.
+fn xds_tls(server_name: &str) -> Value {
+    json!({
+        "name": "envoy.transport_sockets.tls",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+            "sni": server_name,
+            "common_tls_context": {
+                "alpn_protocols": ["h2"],
+                "tls_certificate_sds_secret_configs": [sds_secret("default")],
+                "combined_validation_context": {
+                    "default_validation_context": {
+                        "match_typed_subject_alt_names": [{
+                            "san_type": "DNS",
+                            "matcher": { "exact": server_name },
+                        }],
+                    },
+                    "validation_context_sds_secret_config": sds_secret("ROOTCA"),
+                },
+            },
+        },
+    })
+}
+
+/// Istio's runtime overrides that matter for generated config: regexes
+/// from VirtualServices may exceed RE2's default program size (100), which
+/// Envoy would NACK; the admin layer keeps `/runtime_modify` working.
+fn runtime() -> Value {
+    json!({
+        "layers": [
+            {
+                "name": "global config",
+                "static_layer": {
+                    "re2.max_program_size.error_level": 32768,
+                    "re2.max_program_size.warn_level": 1024,
+                },
+            },
+            { "name": "admin", "admin_layer": {} },
+        ],
+    })
 }
 
 fn split_host_port(addr: &str) -> anyhow::Result<(String, u16)> {
@@ -248,6 +370,196 @@ mod tests {
             ["socket_address"];
         assert_eq!(sa["address"].as_str(), Some("istiod.istio-system.svc"));
         assert_eq!(sa["port_value"].as_u64(), Some(15010));
+    }
+
+    fn cluster<'a>(b: &'a serde_yaml::Value, name: &str) -> Option<&'a serde_yaml::Value> {
+        b["static_resources"]["clusters"]
+            .as_sequence()?
+            .iter()
+            .find(|c| c["name"].as_str() == Some(name))
+    }
+
+    fn sds_cluster_of(secret: &serde_yaml::Value) -> Option<&str> {
+        secret["sds_config"]["api_config_source"]["grpc_services"][0]["envoy_grpc"]["cluster_name"]
+            .as_str()
+    }
+
+    #[test]
+    fn sds_socket_adds_the_agent_cluster() {
+        let b = bootstrap(&[
+            "--sds-socket",
+            "./var/run/secrets/workload-spiffe-uds/socket",
+        ])
+        .unwrap();
+        let sds = cluster(&b, "sds-grpc").expect("the sds-grpc cluster");
+        assert_eq!(sds["type"].as_str(), Some("STATIC"));
+        assert_eq!(
+            sds["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]["pipe"]
+                ["path"]
+                .as_str(),
+            Some("./var/run/secrets/workload-spiffe-uds/socket")
+        );
+        assert!(
+            !sds["typed_extension_protocol_options"]
+                ["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"]["explicit_http_config"]
+                ["http2_protocol_options"]
+                .is_null(),
+            "gRPC needs HTTP/2"
+        );
+        // Without --xds-tls, xDS stays plaintext on 15010.
+        let xds = cluster(&b, "xds-grpc").unwrap();
+        assert!(xds["transport_socket"].is_null());
+        assert_eq!(
+            xds["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]
+                ["socket_address"]["port_value"]
+                .as_u64(),
+            Some(15010)
+        );
+        // Without --sds-socket, no sds-grpc cluster.
+        assert!(cluster(&bootstrap(&[]).unwrap(), "sds-grpc").is_none());
+    }
+
+    #[test]
+    fn xds_tls_presents_the_workload_certificate_from_sds() {
+        let b = bootstrap(&["--sds-socket", "/run/sds.sock", "--xds-tls"]).unwrap();
+        let xds = cluster(&b, "xds-grpc").unwrap();
+        assert_eq!(
+            xds["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]
+                ["socket_address"]["port_value"]
+                .as_u64(),
+            Some(15012),
+            "Istio's TLS port by default"
+        );
+        let tls = &xds["transport_socket"]["typed_config"];
+        assert_eq!(
+            tls["@type"].as_str(),
+            Some(
+                "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext"
+            )
+        );
+        assert_eq!(tls["sni"].as_str(), Some("istiod.istio-system.svc"));
+        let common = &tls["common_tls_context"];
+        let cert = &common["tls_certificate_sds_secret_configs"][0];
+        assert_eq!(cert["name"].as_str(), Some("default"));
+        assert_eq!(sds_cluster_of(cert), Some("sds-grpc"));
+        let validation = &common["combined_validation_context"];
+        let root = &validation["validation_context_sds_secret_config"];
+        assert_eq!(root["name"].as_str(), Some("ROOTCA"));
+        assert_eq!(sds_cluster_of(root), Some("sds-grpc"));
+        let san = &validation["default_validation_context"]["match_typed_subject_alt_names"][0];
+        assert_eq!(san["san_type"].as_str(), Some("DNS"));
+        assert_eq!(
+            san["matcher"]["exact"].as_str(),
+            Some("istiod.istio-system.svc")
+        );
+
+        let b = bootstrap(&[
+            "--sds-socket",
+            "/run/sds.sock",
+            "--xds-tls",
+            "--xds-server-name",
+            "sextant.mesh.svc",
+            "--xds-addr",
+            "127.0.0.1:9012",
+        ])
+        .unwrap();
+        let xds = cluster(&b, "xds-grpc").unwrap();
+        let tls = &xds["transport_socket"]["typed_config"];
+        assert_eq!(tls["sni"].as_str(), Some("sextant.mesh.svc"));
+        assert_eq!(
+            tls["common_tls_context"]["combined_validation_context"]["default_validation_context"]
+                ["match_typed_subject_alt_names"][0]["matcher"]["exact"]
+                .as_str(),
+            Some("sextant.mesh.svc")
+        );
+        assert_eq!(
+            xds["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]
+                ["socket_address"]["port_value"]
+                .as_u64(),
+            Some(9012)
+        );
+    }
+
+    #[test]
+    fn xds_tls_needs_the_sds_socket() {
+        let err = bootstrap(&["--xds-tls"]).unwrap_err().to_string();
+        assert!(err.contains("--sds-socket"), "{err}");
+        let err = bootstrap(&["--sds-socket", "s", "--xds-tls", "--xds-server-name", " "])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("--xds-server-name"), "{err}");
+    }
+
+    #[test]
+    fn runtime_allows_large_regexes() {
+        let b = bootstrap(&[]).unwrap();
+        let layers = b["layered_runtime"]["layers"].as_sequence().unwrap();
+        let global = &layers[0]["static_layer"];
+        assert_eq!(
+            global["re2.max_program_size.error_level"].as_u64(),
+            Some(32768)
+        );
+        assert_eq!(
+            global["re2.max_program_size.warn_level"].as_u64(),
+            Some(1024)
+        );
+        assert!(layers.iter().any(|l| !l["admin_layer"].is_null()));
+    }
+
+    /// The real Envoy accepts every shape of bootstrap (`--mode validate`
+    /// parses and checks the whole config without connecting anywhere).
+    #[test]
+    fn envoy_accepts_the_bootstraps() {
+        let envoy = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.tools/bin/envoy");
+        assert!(
+            envoy.is_file(),
+            "Envoy is missing at {}: run scripts/install-tools.sh (make test does) to install it",
+            envoy.display()
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let cases: [&[&str]; 4] = [
+            &[],
+            &[
+                "--sds-socket",
+                "./var/run/secrets/workload-spiffe-uds/socket",
+            ],
+            &["--sds-socket", "/run/sds.sock", "--xds-tls", "--delta"],
+            &[
+                "--gateway",
+                "--sds-socket",
+                "/run/sds.sock",
+                "--xds-tls",
+                "--xds-addr",
+                "istiod.istio-system.svc:15012",
+                "--labels",
+                "app=gw,istio=ingressgateway",
+            ],
+        ];
+        for (i, flags) in cases.iter().enumerate() {
+            let cli =
+                Cli::try_parse_from(std::iter::once("bootstrap").chain(flags.iter().copied()))
+                    .unwrap();
+            let path = dir.path().join(format!("bootstrap-{i}.yaml"));
+            std::fs::write(&path, render(&cli.args).unwrap()).unwrap();
+            let output = std::process::Command::new(&envoy)
+                .args([
+                    "--mode",
+                    "validate",
+                    "--disable-hot-restart",
+                    "-l",
+                    "warning",
+                    "-c",
+                ])
+                .arg(&path)
+                .output()
+                .expect("running envoy --mode validate");
+            assert!(
+                output.status.success(),
+                "envoy refused the bootstrap for {flags:?}:\n{}{}",
+                String::from_utf8_lossy(&output.stdout),
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
     }
 
     #[test]

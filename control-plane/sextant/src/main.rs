@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand};
 
 mod admin;
 mod bootstrap;
+mod ca;
 mod serve;
 mod validate;
 mod xds;

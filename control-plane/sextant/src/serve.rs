@@ -8,7 +8,7 @@ use anyhow::Context;
 use sextant_config::file_source;
 use sextant_config::store::ConfigStore;
 
-use crate::{admin, xds};
+use crate::{admin, ca, xds};
 
 #[derive(clap::Args)]
 pub struct ServeArgs {
@@ -20,6 +20,8 @@ pub struct ServeArgs {
     admin_addr: SocketAddr,
     #[command(flatten)]
     xds: xds::XdsArgs,
+    #[command(flatten)]
+    ca: ca::CaArgs,
 }
 
 pub fn run(args: ServeArgs) -> anyhow::Result<()> {
@@ -37,7 +39,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding the admin address {}", args.admin_addr))?;
     tracing::info!(addr = %args.admin_addr, "admin server listening");
-    let xds = xds::Xds::new(args.xds.clone());
+    let mut registry = prometheus_client::registry::Registry::default();
+    let ca = ca::start(&args.ca, &mut registry)?;
+    let xds = xds::Xds::new(args.xds.clone(), registry, ca)?;
     let xds_routes = xds.routes();
     let router = admin::router(admin_state.clone()).merge(xds_routes);
     let admin_server = tokio::spawn(async move { axum::serve(listener, router).await });

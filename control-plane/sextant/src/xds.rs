@@ -14,7 +14,9 @@ use sextant_config::store::{ConfigSnapshot, ConfigStore, StoreEvent};
 use sextant_generate::istio::Translation;
 use sextant_generate::mesh::MeshSnapshot;
 use sextant_xds::debounce::Debounce;
-use sextant_xds::{Push, XdsServer};
+use sextant_xds::{Push, ServerOptions, XdsServer};
+
+use crate::ca::Ca;
 use tokio_stream::wrappers::BroadcastStream;
 
 #[derive(clap::Args, Debug, Clone)]
@@ -23,9 +25,15 @@ pub struct XdsArgs {
     /// cluster per ServiceEntry host and port) used by the protocol tests.
     #[arg(long, value_enum, default_value = "istio")]
     pub generator: GeneratorKind,
-    /// Address of the plaintext xDS server (ADS, SotW and Delta).
-    #[arg(long, default_value = "0.0.0.0:15010")]
+    /// Address of the plaintext xDS server (ADS, SotW and Delta; Istio's
+    /// port 15010). Proxies there are taken at their word: for local
+    /// development and trusted networks.
+    #[arg(long = "xds-plaintext-addr", visible_alias = "xds-addr", default_value = "0.0.0.0:15010")]
     pub xds_addr: SocketAddr,
+    /// Serve no plaintext xDS: only the TLS port (`--ca-dir`), where every
+    /// proxy proves its identity with a certificate.
+    #[arg(long)]
+    pub no_xds_plaintext: bool,
     /// Config changes are pushed once no other change came for this long
     /// (Istio's PILOT_DEBOUNCE_AFTER), e.g. 100ms, 1s.
     #[arg(long, default_value = "100ms", value_parser = parse_duration)]
@@ -36,19 +44,26 @@ pub struct XdsArgs {
     pub debounce_max: Duration,
 }
 
-/// `250ms`, `2s`, `1m`, or a bare number of milliseconds.
-fn parse_duration(s: &str) -> Result<Duration, String> {
+/// `250ms`, `2s`, `1m`, `24h`, `90d`, or a bare number of milliseconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let (number, unit) = s.split_at(split);
     let n: u64 = number
         .parse()
-        .map_err(|_| format!("{s:?} is not a duration (e.g. 100ms, 2s, 1m)"))?;
+        .map_err(|_| format!("{s:?} is not a duration (e.g. 100ms, 2s, 1m, 24h)"))?;
+    let secs = |factor: u64| {
+        n.checked_mul(factor)
+            .map(Duration::from_secs)
+            .ok_or_else(|| format!("{s:?} is too long"))
+    };
     match unit {
         "" | "ms" => Ok(Duration::from_millis(n)),
-        "s" => Ok(Duration::from_secs(n)),
-        "m" => Ok(Duration::from_secs(n * 60)),
-        _ => Err(format!("{s:?}: unknown unit {unit:?} (use ms, s or m)")),
+        "s" => secs(1),
+        "m" => secs(60),
+        "h" => secs(3600),
+        "d" => secs(24 * 3600),
+        _ => Err(format!("{s:?}: unknown unit {unit:?} (use ms, s, m, h or d)")),
     }
 }
 
@@ -57,28 +72,43 @@ pub struct Xds {
     args: XdsArgs,
     server: XdsServer<MeshSnapshot>,
     registry: Arc<Registry>,
+    /// The CA and the TLS port it shares with xDS, if `--ca-dir` is given.
+    ca: Option<Ca>,
     /// Distinguishes versions across restarts (the store counts from 0).
     boot: u64,
 }
 
 impl Xds {
     /// A server with an empty snapshot; [`Xds::run`] loads the store's.
-    pub fn new(args: XdsArgs) -> Xds {
-        let server = XdsServer::new(
+    /// `registry` already holds the other metrics (the CA's).
+    pub fn new(args: XdsArgs, mut registry: Registry, ca: Option<Ca>) -> anyhow::Result<Xds> {
+        if args.no_xds_plaintext && ca.is_none() {
+            anyhow::bail!("--no-xds-plaintext needs --ca-dir: there would be no xDS port at all");
+        }
+        let options = ServerOptions {
+            // Over TLS, client certificates must be of the mesh's trust
+            // domain (the chain is already verified against its root).
+            trust_domains: ca
+                .as_ref()
+                .map(|ca| [ca.authority.trust_domain().to_string()].into()),
+            ..ServerOptions::default()
+        };
+        let server = XdsServer::with_options(
             args.generator.translation(),
             Push::new("0", MeshSnapshot::default()),
+            options,
         );
-        let mut registry = Registry::default();
         server.metrics().register(&mut registry);
-        Xds {
+        Ok(Xds {
             args,
             server,
             registry: Arc::new(registry),
+            ca,
             boot: SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .unwrap_or_default()
                 .as_secs(),
-        }
+        })
     }
 
     fn version(&self, snapshot: &ConfigSnapshot) -> String {
@@ -110,10 +140,29 @@ impl Xds {
             MeshSnapshot::build(initial),
         ));
 
-        let listener = tokio::net::TcpListener::bind(self.args.xds_addr)
-            .await
-            .with_context(|| format!("binding the xDS address {}", self.args.xds_addr))?;
-        tracing::info!(addr = %self.args.xds_addr, "xDS server listening (ADS, SotW and Delta)");
+        let plaintext = if self.args.no_xds_plaintext {
+            None
+        } else {
+            let listener = tokio::net::TcpListener::bind(self.args.xds_addr)
+                .await
+                .with_context(|| format!("binding the xDS address {}", self.args.xds_addr))?;
+            tracing::info!(addr = %self.args.xds_addr, "plaintext xDS server listening (ADS, SotW and Delta)");
+            Some(listener)
+        };
+        let tls = match &self.ca {
+            Some(ca) => {
+                let listener = tokio::net::TcpListener::bind(ca.addr)
+                    .await
+                    .with_context(|| format!("binding the TLS address {}", ca.addr))?;
+                tracing::info!(addr = %ca.addr, "TLS server listening (xDS with client certificates, and the CA)");
+                Some((
+                    listener,
+                    ca.tls.clone(),
+                    self.server.routes().add_service(ca.service.clone()),
+                ))
+            }
+            None => None,
+        };
 
         let debounce = Debounce {
             quiet: self.args.debounce_quiet,
@@ -121,7 +170,26 @@ impl Xds {
         };
         let server = self.server.clone();
         let _pushes = AbortOnDrop(tokio::spawn(push_loop(self, store, events, debounce)));
-        Ok(server.serve(listener, std::future::pending()).await?)
+        let plaintext = async {
+            match plaintext {
+                Some(listener) => server
+                    .serve(listener, std::future::pending())
+                    .await
+                    .context("plaintext xDS server"),
+                None => std::future::pending().await,
+            }
+        };
+        let tls = async {
+            match tls {
+                Some((listener, config, routes)) => server
+                    .serve_with(listener, Some(config), routes, std::future::pending())
+                    .await
+                    .context("TLS server"),
+                None => std::future::pending().await,
+            }
+        };
+        tokio::try_join!(plaintext, tls)?;
+        Ok(())
     }
 }
 
@@ -204,7 +272,9 @@ mod tests {
         assert_eq!(parse_duration("250"), Ok(Duration::from_millis(250)));
         assert_eq!(parse_duration("2s"), Ok(Duration::from_secs(2)));
         assert_eq!(parse_duration("1m"), Ok(Duration::from_secs(60)));
-        assert!(parse_duration("1h").is_err());
+        assert_eq!(parse_duration("24h"), Ok(Duration::from_secs(86_400)));
+        assert_eq!(parse_duration("90d"), Ok(Duration::from_secs(90 * 86_400)));
+        assert!(parse_duration("1y").is_err());
         assert!(parse_duration("fast").is_err());
     }
 }

@@ -19,6 +19,7 @@ use tokio_stream::{Stream, StreamExt};
 use tonic::Status;
 use tracing::Instrument;
 
+use crate::identity::Peer;
 use crate::proxy::Proxy;
 use crate::server::{Conn, Push, Service, Shared, Stop};
 use crate::subscription::{Subscription, WILDCARD};
@@ -44,13 +45,14 @@ pub(crate) fn spawn<S, R>(
     shared: Arc<Shared<S>>,
     requests: R,
     service: Service,
+    peer: Peer,
 ) -> ReceiverStream<Result<DeltaDiscoveryResponse, Status>>
 where
     S: Send + Sync + 'static,
     R: Stream<Item = Result<DeltaDiscoveryRequest, Status>> + Unpin + Send + 'static,
 {
     let (tx, rx) = mpsc::channel(shared.options.send_queue.max(1));
-    tokio::spawn(run(shared, requests, tx, service));
+    tokio::spawn(run(shared, requests, tx, service, peer));
     ReceiverStream::new(rx)
 }
 
@@ -59,6 +61,7 @@ async fn run<S, R>(
     mut requests: R,
     tx: mpsc::Sender<Result<DeltaDiscoveryResponse, Status>>,
     service: Service,
+    peer: Peer,
 ) where
     S: Send + Sync + 'static,
     R: Stream<Item = Result<DeltaDiscoveryRequest, Status>> + Unpin,
@@ -71,7 +74,7 @@ async fn run<S, R>(
         }
         None => return,
     };
-    let proxy = match Proxy::from_node(first.node.as_ref()) {
+    let mut proxy = match Proxy::from_node(first.node.as_ref()) {
         Ok(proxy) => proxy,
         Err(error) => {
             tracing::warn!(node = ?first.node.as_ref().map(|n| &n.id), %error, "refusing an xDS stream");
@@ -81,8 +84,15 @@ async fn run<S, R>(
             return;
         }
     };
-    let (conn, id) = Conn::open(shared, proxy, "delta", service);
-    let span = tracing::info_span!("xds", conn = id, node = %conn.proxy.id, protocol = "delta", service = service.name);
+    let identity = match shared.authorize(&peer, &mut proxy, service) {
+        Ok(identity) => identity,
+        Err(status) => {
+            let _ = tx.send(Err(status)).await;
+            return;
+        }
+    };
+    let (conn, id) = Conn::open(shared, proxy, "delta", service, identity.as_ref());
+    let span = tracing::info_span!("xds", conn = id, node = %conn.proxy.id, protocol = "delta", service = service.name, identity = identity.as_ref().map(tracing::field::display));
     let mut stream = DeltaStream {
         conn,
         tx,

@@ -19,9 +19,19 @@
 //!  store events --debounce--> XdsServer::push(snapshot) --watch--> one task per stream
 //!                                                                  generate, diff, send
 //! ```
+//!
+//! Resource versions hash a canonical encoding (protobuf maps sorted, see
+//! [`resource`]), so rebuilding equal content never causes a push.
+//!
+//! The server listens in plaintext ([`XdsServer::serve`], Istio's 15010) or
+//! over TLS ([`XdsServer::serve_tls`], 15012; [`XdsServer::serve_with`] to
+//! share the port with other gRPC services such as the CA). Over TLS, the
+//! SPIFFE identity of a proxy's client certificate must match the namespace
+//! and service account its node claims ([`identity`]).
 pub mod debounce;
 mod delta;
 pub mod generator;
+pub mod identity;
 pub mod metrics;
 pub mod proxy;
 pub mod resource;
@@ -32,6 +42,7 @@ mod subscription;
 pub mod type_url;
 
 pub use generator::{BoxError, Generator, ResourceRequest};
+pub use identity::SpiffeId;
 pub use proxy::{InterceptionMode, Proxy, ProxyError, ProxyType};
 pub use resource::Resource;
 pub use server::{Push, ServerOptions, XdsServer};

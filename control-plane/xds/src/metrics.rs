@@ -15,6 +15,9 @@ fn label(type_url: &str) -> TypeLabel {
     [("type", type_url::short_name(type_url))]
 }
 
+/// The label set of `pilot_xds_auth_failures`: `reason="..."`.
+pub type ReasonLabel = [(&'static str, &'static str); 1];
+
 /// Cheap to clone: every field is a shared handle.
 #[derive(Clone, Debug)]
 pub struct Metrics {
@@ -39,6 +42,13 @@ pub struct Metrics {
     /// `pilot_xds_config_size_bytes` would need sizes per type; we keep the
     /// total bytes sent instead: `pilot_xds_sent_bytes`.
     pub sent_bytes: Family<TypeLabel, Counter>,
+    /// `pilot_xds_auth_failures`: xDS streams and calls refused because the
+    /// client certificate is missing, carries no (trusted) SPIFFE identity,
+    /// or names another identity than the node claims; by `reason`
+    /// (`no_client_certificate`, `no_spiffe_identity`,
+    /// `untrusted_trust_domain`, `identity_mismatch`). Istio only logs
+    /// these; a counter makes an attack or a misconfigured agent visible.
+    pub auth_failures: Family<ReasonLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -53,6 +63,7 @@ impl Default for Metrics {
             // Istio's buckets.
             convergence: Histogram::new([0.1, 0.5, 1.0, 3.0, 5.0, 10.0, 20.0, 30.0]),
             sent_bytes: Family::default(),
+            auth_failures: Family::default(),
         }
     }
 }
@@ -108,6 +119,25 @@ impl Metrics {
             Unit::Bytes,
             self.sent_bytes.clone(),
         );
+        registry.register(
+            "pilot_xds_auth_failures",
+            "xDS clients refused: missing or mismatched client certificate identity, by reason",
+            self.auth_failures.clone(),
+        );
+    }
+
+    pub(crate) fn auth_failed(&self, reason: &'static str) {
+        self.auth_failures
+            .get_or_create(&[("reason", reason)])
+            .inc();
+    }
+
+    /// Convenience for tests and debugging: refusals for one reason (see
+    /// [`crate::identity::reason`]).
+    pub fn auth_failure_count(&self, reason: &'static str) -> u64 {
+        self.auth_failures
+            .get_or_create(&[("reason", reason)])
+            .get()
     }
 
     pub(crate) fn pushed(&self, type_url: &str, bytes: usize) {

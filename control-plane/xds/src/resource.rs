@@ -1,17 +1,33 @@
 //! A generated resource: its name, its content version and its body.
+//!
+//! The version must follow the content and only the content: it is how the
+//! server decides what changed since a stream was last sent something, and
+//! (over Delta, with `initial_resource_versions`) what a reconnecting proxy
+//! already has, even from another server process. So it is a stable hash of
+//! a *canonical* encoding of the body: prost encodes protobuf maps in random
+//! `HashMap` order, and Envoy's resources are full of maps, also inside
+//! `Any` fields encoded earlier. [`canonical`] rewrites the body with every
+//! map sorted by key (guided by the descriptors of Envoy's types), so equal
+//! messages give equal bytes, equal versions and equal [`Resource`]s, and
+//! Envoy is sent those canonical bytes.
+//!
+//! Comparing decoded messages (prost's `PartialEq`, for which maps compare
+//! as sets) would not do: it gives no hash to send as a version, and an
+//! `Any` is compared by its bytes, which are themselves non-canonical.
+mod canonical;
+
 use envoy_types::pb::google::protobuf::Any;
 use prost::{Message, Name};
 
 /// One named xDS resource, ready to send. The version is a hash of the
-/// encoded content: two generations of the same content have the same
-/// version, which is how the server knows what changed (and what a
-/// reconnecting Delta client already has, even across server restarts).
+/// canonical encoding of the content (see the module documentation): two
+/// generations of the same content have the same version and compare
+/// equal.
 ///
-/// Protobuf map fields (`google.protobuf.Struct`, `typed_per_filter_config`,
-/// ...) with more than one entry do not encode deterministically (prost uses
-/// `HashMap`); a generator that fills such maps should give a version of its
-/// own with [`Resource::with_version`], or accept the occasional needless
-/// resend.
+/// Bodies of types outside Envoy's descriptors (or not valid encodings of
+/// their type) are kept and hashed as they are; a generator that packs such
+/// messages with maps can give a version of its own with
+/// [`Resource::with_version`].
 #[derive(Clone, Debug, PartialEq)]
 pub struct Resource {
     pub name: String,
@@ -31,8 +47,13 @@ impl Resource {
         )
     }
 
-    /// A resource from an already packed body.
-    pub fn from_any(name: impl Into<String>, body: Any) -> Resource {
+    /// A resource from an already packed body, which is re-encoded
+    /// canonically if it is not (see the module documentation).
+    pub fn from_any(name: impl Into<String>, mut body: Any) -> Resource {
+        let type_name = canonical::type_name(&body.type_url);
+        if let Some(canonical) = canonical::canonicalize(type_name, &body.value) {
+            body.value = canonical;
+        }
         let version = content_version(&body);
         Resource {
             name: name.into(),
@@ -52,8 +73,8 @@ impl Resource {
     }
 }
 
-/// A stable 64-bit FNV-1a hash of type URL and bytes, in hex. Stable across
-/// processes and builds, unlike `std`'s hasher.
+/// A stable 64-bit FNV-1a hash of type URL and (canonical) bytes, in hex.
+/// Stable across processes and builds, unlike `std`'s hasher.
 fn content_version(body: &Any) -> String {
     const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
     const PRIME: u64 = 0x0000_0100_0000_01b3;

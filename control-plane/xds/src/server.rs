@@ -32,10 +32,12 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::service::Routes;
+use tonic::transport::ServerTlsConfig;
 use tonic::transport::server::TcpIncoming;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::generator::{BoxError, Generator, ResourceRequest};
+use crate::identity::{self, Peer, Refusal, SpiffeId};
 use crate::metrics::Metrics;
 use crate::proxy::Proxy;
 use crate::resource::Resource;
@@ -82,6 +84,19 @@ pub struct ServerOptions {
     pub max_concurrent_streams: u32,
     /// `control_plane.identifier` in every response.
     pub identifier: String,
+    /// Over TLS, refuse (UNAUTHENTICATED) streams whose client presents no
+    /// certificate. Default true: over TLS the certificate is what proves a
+    /// proxy's identity. Set it to false only where certificate-less TLS
+    /// clients must be served xDS; their node is then taken at its word, as
+    /// on the plaintext port. Whatever this says, a client certificate that
+    /// is presented is always checked against the node (see
+    /// [`crate::identity`]), and plaintext streams (`serve`) have no
+    /// certificate to require.
+    pub require_client_identity: bool,
+    /// The trust domains whose SPIFFE identities are accepted in client
+    /// certificates, e.g. `{"cluster.local"}`; `None` accepts any (the
+    /// certificate chain is already verified against the mesh's roots).
+    pub trust_domains: Option<BTreeSet<String>>,
 }
 
 impl Default for ServerOptions {
@@ -92,6 +107,8 @@ impl Default for ServerOptions {
             keepalive_timeout: Duration::from_secs(10),
             max_concurrent_streams: 4096,
             identifier: "sextant".to_string(),
+            require_client_identity: true,
+            trust_domains: None,
         }
     }
 }
@@ -139,6 +156,50 @@ impl<S: Send + Sync + 'static> Shared<S> {
             }
         }
         Ok(out)
+    }
+
+    /// Checks the transport of a new stream or call (see
+    /// [`identity::authenticate`]); a refusal is logged and counted.
+    pub(crate) fn authenticate<T>(
+        &self,
+        request: &Request<T>,
+        service: Service,
+    ) -> Result<Peer, Status> {
+        identity::authenticate(request, &self.options).map_err(|refusal| {
+            let peer = request.remote_addr().map(|a| a.to_string());
+            self.refused(refusal, peer.as_deref(), service, None)
+        })
+    }
+
+    /// Checks a proxy's node against its certificate (see
+    /// [`identity::authorize`]); a refusal is logged and counted.
+    pub(crate) fn authorize(
+        &self,
+        peer: &Peer,
+        proxy: &mut Proxy,
+        service: Service,
+    ) -> Result<Option<SpiffeId>, Status> {
+        identity::authorize(peer, proxy)
+            .map_err(|refusal| self.refused(refusal, None, service, Some(&proxy.id)))
+    }
+
+    fn refused(
+        &self,
+        refusal: Refusal,
+        peer: Option<&str>,
+        service: Service,
+        node: Option<&str>,
+    ) -> Status {
+        self.metrics.auth_failed(refusal.reason);
+        tracing::warn!(
+            peer,
+            node,
+            service = service.name,
+            reason = refusal.reason,
+            error = refusal.status.message(),
+            "refusing an xDS client"
+        );
+        refusal.status
     }
 
     pub(crate) fn control_plane(&self) -> Option<ControlPlane> {
@@ -220,22 +281,71 @@ impl<S: Send + Sync + 'static> XdsServer<S> {
             .add_service(SecretDiscoveryServiceServer::new(Sds(s.clone())))
     }
 
-    /// Serves plaintext gRPC on a listener until `shutdown` completes, then
-    /// ends every stream (proxies reconnect elsewhere, or here later).
+    /// Serves xDS over plaintext gRPC on a listener (Istio's port 15010)
+    /// until `shutdown` completes, then ends every stream (proxies reconnect
+    /// elsewhere, or here later). Proxies are taken at their word: for
+    /// local development and trusted networks.
     pub async fn serve(
         &self,
         listener: TcpListener,
         shutdown: impl Future<Output = ()>,
     ) -> Result<(), tonic::transport::Error> {
+        self.serve_with(listener, None, self.routes(), shutdown)
+            .await
+    }
+
+    /// Serves xDS over TLS (Istio's port 15012) until `shutdown` completes.
+    ///
+    /// For client certificates to be asked for at all, `tls` needs a
+    /// `client_ca_root` (the mesh's root). Each stream's node is then
+    /// checked against the SPIFFE identity of the client certificate, and a
+    /// client without one is refused unless
+    /// [`ServerOptions::require_client_identity`] is false (see
+    /// [`crate::identity`]). Use [`XdsServer::serve_with`] to serve other
+    /// gRPC services on the same port.
+    pub async fn serve_tls(
+        &self,
+        listener: TcpListener,
+        tls: ServerTlsConfig,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<(), tonic::transport::Error> {
+        self.serve_with(listener, Some(tls), self.routes(), shutdown)
+            .await
+    }
+
+    /// Serves `routes` (plaintext if `tls` is `None`) with the server's
+    /// HTTP/2 settings until `shutdown` completes, then ends every xDS
+    /// stream.
+    ///
+    /// This is how other gRPC services share the xDS port, as istiod's CA
+    /// shares 15012: pass [`XdsServer::routes`] with them added, e.g.
+    /// `xds.routes().add_service(IstioCertificateServiceServer::new(ca))`.
+    /// (tonic's `Routes` cannot be merged after the fact, so the caller
+    /// adds its services to ours.) Such a port usually sets
+    /// `client_auth_optional(true)`, since a workload asks the CA for its
+    /// first certificate before it has one; xDS still requires one when
+    /// [`ServerOptions::require_client_identity`] is set.
+    pub async fn serve_with(
+        &self,
+        listener: TcpListener,
+        tls: Option<ServerTlsConfig>,
+        routes: Routes,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<(), tonic::transport::Error> {
+        let options = &self.shared.options;
         let incoming = TcpIncoming::from(listener)
             .with_nodelay(Some(true))
-            .with_keepalive(Some(self.shared.options.keepalive_interval));
+            .with_keepalive(Some(options.keepalive_interval));
+        let mut builder = tonic::transport::Server::builder()
+            .http2_keepalive_interval(Some(options.keepalive_interval))
+            .http2_keepalive_timeout(Some(options.keepalive_timeout))
+            .max_concurrent_streams(options.max_concurrent_streams);
+        if let Some(tls) = tls {
+            builder = builder.tls_config(tls)?;
+        }
         let shared = self.shared.clone();
-        tonic::transport::Server::builder()
-            .http2_keepalive_interval(Some(self.shared.options.keepalive_interval))
-            .http2_keepalive_timeout(Some(self.shared.options.keepalive_timeout))
-            .max_concurrent_streams(self.shared.options.max_concurrent_streams)
-            .add_routes(self.routes())
+        builder
+            .add_routes(routes)
             .serve_with_incoming_shutdown(incoming, async move {
                 shutdown.await;
                 shared.shutdown.send_replace(true);
@@ -307,9 +417,12 @@ impl<S: Send + Sync + 'static> Conn<S> {
         proxy: Proxy,
         protocol: &'static str,
         service: Service,
+        identity: Option<&SpiffeId>,
     ) -> (Conn<S>, u64) {
         let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
-        let status = shared.status.register(id, &proxy, protocol, service.name);
+        let status = shared
+            .status
+            .register(id, &proxy, protocol, service.name, identity);
         shared.metrics.connected.inc();
         let push = shared.snapshots.borrow().clone();
         (
@@ -443,12 +556,15 @@ impl<S> Drop for Conn<S> {
 /// The single-type answer of the standalone services' unary `Fetch*`.
 fn fetch<S: Send + Sync + 'static>(
     shared: &Shared<S>,
-    request: DiscoveryRequest,
+    request: Request<DiscoveryRequest>,
     service: Service,
 ) -> Result<DiscoveryResponse, Status> {
+    let peer = shared.authenticate(&request, service)?;
+    let request = request.into_inner();
     let type_url = service.resolve(&request.type_url)?;
-    let proxy = Proxy::from_node(request.node.as_ref())
+    let mut proxy = Proxy::from_node(request.node.as_ref())
         .map_err(|e| Status::invalid_argument(e.to_string()))?;
+    shared.authorize(&peer, &mut proxy, service)?;
     let subscription = Subscription::sotw(None, &request.resource_names);
     let push = shared.snapshots.borrow().clone();
     let resources = shared
@@ -477,10 +593,12 @@ impl<S: Send + Sync + 'static> AggregatedDiscoveryService for Ads<S> {
         &self,
         request: Request<Streaming<DiscoveryRequest>>,
     ) -> Result<Response<SotwStream>, Status> {
+        let peer = self.0.authenticate(&request, Service::ADS)?;
         Ok(Response::new(sotw::spawn(
             self.0.clone(),
             request.into_inner(),
             Service::ADS,
+            peer,
         )))
     }
 
@@ -488,10 +606,12 @@ impl<S: Send + Sync + 'static> AggregatedDiscoveryService for Ads<S> {
         &self,
         request: Request<Streaming<DeltaDiscoveryRequest>>,
     ) -> Result<Response<DeltaStream>, Status> {
+        let peer = self.0.authenticate(&request, Service::ADS)?;
         Ok(Response::new(delta::spawn(
             self.0.clone(),
             request.into_inner(),
             Service::ADS,
+            peer,
         )))
     }
 }
@@ -517,10 +637,12 @@ macro_rules! standalone {
                 &self,
                 request: Request<Streaming<DiscoveryRequest>>,
             ) -> Result<Response<SotwStream>, Status> {
+                let peer = self.0.authenticate(&request, Self::SERVICE)?;
                 Ok(Response::new(sotw::spawn(
                     self.0.clone(),
                     request.into_inner(),
                     Self::SERVICE,
+                    peer,
                 )))
             }
 
@@ -528,10 +650,12 @@ macro_rules! standalone {
                 &self,
                 request: Request<Streaming<DeltaDiscoveryRequest>>,
             ) -> Result<Response<DeltaStream>, Status> {
+                let peer = self.0.authenticate(&request, Self::SERVICE)?;
                 Ok(Response::new(delta::spawn(
                     self.0.clone(),
                     request.into_inner(),
                     Self::SERVICE,
+                    peer,
                 )))
             }
 
@@ -539,7 +663,7 @@ macro_rules! standalone {
                 &self,
                 request: Request<DiscoveryRequest>,
             ) -> Result<Response<DiscoveryResponse>, Status> {
-                fetch(&self.0, request.into_inner(), Self::SERVICE).map(Response::new)
+                fetch(&self.0, request, Self::SERVICE).map(Response::new)
             }
         }
     };

@@ -6,6 +6,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 
+use crate::identity::SpiffeId;
 use crate::proxy::{Proxy, ProxyType};
 use crate::subscription::Subscription;
 
@@ -22,6 +23,9 @@ pub struct ConnectionStatus {
     pub protocol: &'static str,
     /// `ads`, or the standalone service: `cds`, `eds`, `lds`, `rds`, `sds`.
     pub service: &'static str,
+    /// The SPIFFE identity of the client certificate the node was checked
+    /// against; `None` over plaintext (the node was taken at its word).
+    pub identity: Option<String>,
     /// RFC 3339, UTC.
     pub connected_since: String,
     /// By type URL.
@@ -116,6 +120,7 @@ impl StatusRegistry {
         proxy: &Proxy,
         protocol: &'static str,
         service: &'static str,
+        identity: Option<&SpiffeId>,
     ) -> StatusHandle {
         let status = Arc::new(Mutex::new(ConnectionStatus {
             connection_id: format!("{}-{id}", proxy.id),
@@ -125,6 +130,7 @@ impl StatusRegistry {
             ip: proxy.ip().to_string(),
             protocol,
             service,
+            identity: identity.map(ToString::to_string),
             connected_since: now(),
             types: BTreeMap::new(),
         }));

@@ -874,7 +874,7 @@ spec:
 
     assert!(
         tls_context(find(&cs, "outbound|443||istio.example.com")).is_none(),
-        "ISTIO_MUTUAL comes with the CA"
+        "ISTIO_MUTUAL: a proxy without SDS has no certificate, plain text"
     );
 
     let skip = tls_context(find(&cs, "outbound|443||skip.example.com")).unwrap();
@@ -1088,4 +1088,354 @@ fn default_endpoint_forms() {
     assert_eq!(parse(""), Some(InboundTarget::OriginalDestination));
     assert_eq!(parse("127.0.0.1:http"), None);
     assert_eq!(parse("nonsense"), None);
+}
+
+// --- Istio's mutual TLS on the client side ---
+
+/// `p` with an agent serving SDS (node metadata `SEXTANT_SDS: "true"`).
+pub(crate) fn with_sds(mut p: Proxy) -> Proxy {
+    use sextant_xds::pb::google::protobuf::{Value, value::Kind};
+    p.raw_metadata.insert(
+        crate::mtls::SDS_METADATA_KEY.to_string(),
+        Value {
+            kind: Some(Kind::StringValue("true".to_string())),
+        },
+    );
+    p
+}
+
+/// The SDS secret names and peer SANs of an Istio mutual TLS context.
+fn istio_mutual_parts(ctx: &UpstreamTlsContext) -> (Vec<String>, String, Vec<String>, Vec<String>) {
+    let common = ctx.common_tls_context.as_ref().unwrap();
+    let certs = common
+        .tls_certificate_sds_secret_configs
+        .iter()
+        .map(|s| s.name.clone())
+        .collect();
+    let Some(ValidationContextType::CombinedValidationContext(v)) = &common.validation_context_type
+    else {
+        panic!("no combined validation context")
+    };
+    let root = v
+        .validation_context_sds_secret_config
+        .as_ref()
+        .unwrap()
+        .name
+        .clone();
+    let sans = v
+        .default_validation_context
+        .as_ref()
+        .unwrap()
+        .match_typed_subject_alt_names
+        .iter()
+        .map(|m| {
+            assert_eq!(m.san_type, 3, "URI SANs");
+            match m.matcher.as_ref().and_then(|s| s.match_pattern.as_ref()) {
+                Some(sextant_xds::pb::envoy::r#type::matcher::v3::string_matcher::MatchPattern::Exact(e)) => e.clone(),
+                other => panic!("not exact: {other:?}"),
+            }
+        })
+        .collect();
+    (certs, root, sans, common.alpn_protocols.clone())
+}
+
+/// The cluster's transport socket matches: (name, match, TLS context).
+fn socket_matches(c: &Cluster) -> Vec<(String, String, Option<UpstreamTlsContext>)> {
+    c.transport_socket_matches
+        .iter()
+        .map(|m| {
+            let socket = m.transport_socket.as_ref().unwrap();
+            let ctx = (socket.name == "envoy.transport_sockets.tls").then(|| {
+                let Some(ConfigType::TypedConfig(any)) = &socket.config_type else {
+                    panic!()
+                };
+                UpstreamTlsContext::decode(any.value.as_slice()).unwrap()
+            });
+            if ctx.is_none() {
+                assert_eq!(socket.name, "envoy.transport_sockets.raw_buffer");
+            }
+            let fields: Vec<String> = m
+                .r#match
+                .as_ref()
+                .unwrap()
+                .fields
+                .iter()
+                .map(|(k, v)| format!("{k}={:?}", v.kind))
+                .collect();
+            (m.name.clone(), fields.join(","), ctx)
+        })
+        .collect()
+}
+
+const MTLS_REGISTRY: &str = r#"
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: reviews}
+spec:
+  hosts: [reviews.default.svc.cluster.local]
+  ports: [{number: 9080, name: http, protocol: HTTP}, {number: 9090, name: grpc, protocol: GRPC}]
+  resolution: STATIC
+  location: MESH_INTERNAL
+  workloadSelector: {labels: {app: reviews}}
+  subjectAltNames: ["spiffe://cluster.local/ns/default/sa/legacy-reviews"]
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {name: reviews-v1}
+spec: {address: 127.0.1.1, labels: {app: reviews, version: v1, security.istio.io/tlsMode: istio}, serviceAccount: bookinfo-reviews}
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {name: reviews-v2}
+spec: {address: 127.0.2.1, labels: {app: reviews, version: v2}, serviceAccount: reviews-v2}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: reviews}
+spec:
+  host: reviews
+  trafficPolicy: {tls: {mode: ISTIO_MUTUAL}}
+  subsets:
+  - {name: v1, labels: {version: v1}}
+  - name: v2
+    labels: {version: v2}
+    trafficPolicy: {tls: {mode: ISTIO_MUTUAL, sni: reviews.custom, subjectAltNames: ["spiffe://cluster.local/ns/default/sa/only-this"]}}
+"#;
+
+#[test]
+fn istio_mutual_cluster() {
+    let m = mesh(MTLS_REGISTRY);
+    let cs = clusters(&m, &with_sds(sidecar("default")));
+
+    let all = find(&cs, "outbound|9080||reviews.default.svc.cluster.local");
+    assert!(
+        all.transport_socket_matches.is_empty(),
+        "explicit: no auto mTLS"
+    );
+    let ctx = tls_context(all).expect("ISTIO_MUTUAL sets the TLS socket");
+    assert_eq!(
+        ctx.sni,
+        "outbound_.9080_._.reviews.default.svc.cluster.local"
+    );
+    let (certs, root, sans, alpn) = istio_mutual_parts(&ctx);
+    assert_eq!(certs, ["default"]);
+    assert_eq!(root, "ROOTCA");
+    assert_eq!(
+        sans,
+        [
+            "spiffe://cluster.local/ns/default/sa/bookinfo-reviews",
+            "spiffe://cluster.local/ns/default/sa/legacy-reviews",
+            "spiffe://cluster.local/ns/default/sa/reviews-v2",
+        ],
+        "the endpoints' service accounts and the entry's subjectAltNames"
+    );
+    assert_eq!(alpn, ["istio-peer-exchange", "istio"]);
+    // Secrets come from the agent over the bootstrap's sds-grpc cluster.
+    let sds = ctx
+        .common_tls_context
+        .as_ref()
+        .unwrap()
+        .tls_certificate_sds_secret_configs[0]
+        .sds_config
+        .clone()
+        .unwrap();
+    assert_eq!(sds, crate::mtls::sds_secret("default").sds_config.unwrap());
+
+    // HTTP/2 clusters offer h2 as well.
+    let grpc = tls_context(find(
+        &cs,
+        "outbound|9090||reviews.default.svc.cluster.local",
+    ))
+    .unwrap();
+    assert_eq!(
+        istio_mutual_parts(&grpc).3,
+        ["istio-peer-exchange", "istio", "h2"]
+    );
+
+    // The subset's SNI names the subset; its own sni and SANs win.
+    let v1 = tls_context(find(
+        &cs,
+        "outbound|9080|v1|reviews.default.svc.cluster.local",
+    ))
+    .unwrap();
+    assert_eq!(
+        v1.sni,
+        "outbound_.9080_.v1_.reviews.default.svc.cluster.local"
+    );
+    let v2 = tls_context(find(
+        &cs,
+        "outbound|9080|v2|reviews.default.svc.cluster.local",
+    ))
+    .unwrap();
+    assert_eq!(v2.sni, "reviews.custom");
+    assert_eq!(
+        istio_mutual_parts(&v2).2,
+        ["spiffe://cluster.local/ns/default/sa/only-this"]
+    );
+
+    // Without an agent there is no certificate: plain text.
+    let plain = clusters(&m, &sidecar("default"));
+    assert!(
+        plain
+            .iter()
+            .all(|c| c.transport_socket.is_none() && c.transport_socket_matches.is_empty())
+    );
+}
+
+const AUTO_MTLS: &str = r#"
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: reviews}
+spec:
+  hosts: [reviews.default.svc.cluster.local]
+  ports: [{number: 9080, name: http, protocol: HTTP}, {number: 9443, name: https, protocol: HTTPS}]
+  resolution: STATIC
+  location: MESH_INTERNAL
+  workloadSelector: {labels: {app: reviews}}
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {name: reviews-v1}
+spec: {address: 127.0.1.1, labels: {app: reviews, version: v1, security.istio.io/tlsMode: istio}, serviceAccount: bookinfo-reviews}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: reviews}
+spec:
+  host: reviews
+  trafficPolicy:
+    tls: {mode: DISABLE}
+    portLevelSettings:
+    - port: {number: 9080}
+      connectionPool: {tcp: {maxConnections: 7}}
+  subsets:
+  - {name: v1, labels: {version: v1}}
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: ratings}
+spec:
+  hosts: [ratings.default.svc.cluster.local]
+  ports: [{number: 9080, name: http, protocol: HTTP}]
+  resolution: DNS
+  endpoints: [{address: ratings.vm.internal, labels: {security.istio.io/tlsMode: istio}, serviceAccount: ratings}]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: external}
+spec:
+  hosts: [api.example.com]
+  ports: [{number: 443, name: tls, protocol: TLS}]
+  resolution: DNS
+  location: MESH_EXTERNAL
+  endpoints: [{address: api.example.com, labels: {security.istio.io/tlsMode: istio}}]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: headless}
+spec:
+  hosts: [db.default.svc.cluster.local]
+  ports: [{number: 5432, name: tcp, protocol: TCP}]
+  resolution: NONE
+"#;
+
+#[test]
+fn auto_mtls_transport_socket_matches() {
+    let m = mesh(AUTO_MTLS);
+    let cs = clusters(&m, &with_sds(sidecar("default")));
+
+    // Port 9080's portLevelSettings replace the top-level policy, tls
+    // included: no tls for the port, so auto mTLS; and so for the subset.
+    for name in [
+        "outbound|9080||reviews.default.svc.cluster.local",
+        "outbound|9080|v1|reviews.default.svc.cluster.local",
+    ] {
+        let c = find(&cs, name);
+        assert!(c.transport_socket.is_none(), "{name}");
+        let matches = socket_matches(c);
+        let shape: Vec<(&str, &str, bool)> = matches
+            .iter()
+            .map(|(n, m, ctx)| (n.as_str(), m.as_str(), ctx.is_some()))
+            .collect();
+        assert_eq!(
+            shape,
+            [
+                (
+                    "tlsMode-istio",
+                    "tlsMode=Some(StringValue(\"istio\"))",
+                    true
+                ),
+                ("tlsMode-disabled", "", false),
+            ],
+            "{name}"
+        );
+        let ctx = matches[0].2.as_ref().unwrap();
+        let (certs, root, sans, alpn) = istio_mutual_parts(ctx);
+        assert_eq!(
+            (certs.as_slice(), root.as_str()),
+            (&["default".to_string()][..], "ROOTCA")
+        );
+        assert_eq!(
+            sans,
+            ["spiffe://cluster.local/ns/default/sa/bookinfo-reviews"]
+        );
+        assert_eq!(alpn, ["istio-peer-exchange", "istio"]);
+    }
+    assert_eq!(
+        socket_matches(find(
+            &cs,
+            "outbound|9080|v1|reviews.default.svc.cluster.local"
+        ))[0]
+            .2
+            .as_ref()
+            .unwrap()
+            .sni,
+        "outbound_.9080_.v1_.reviews.default.svc.cluster.local"
+    );
+    // The top-level tls DISABLE applies on the other port: plain text.
+    let https = find(&cs, "outbound|9443||reviews.default.svc.cluster.local");
+    assert!(https.transport_socket.is_none() && https.transport_socket_matches.is_empty());
+    // DNS clusters too, their inline endpoints carrying the metadata.
+    let ratings = find(&cs, "outbound|9080||ratings.default.svc.cluster.local");
+    assert_eq!(socket_matches(ratings).len(), 2);
+    let lb = &ratings.load_assignment.as_ref().unwrap().endpoints[0].lb_endpoints[0];
+    assert_eq!(lb.metadata, Some(crate::mtls::istio_tls_mode_metadata()));
+    // Never to MESH_EXTERNAL services, even with the label; never on
+    // ORIGINAL_DST clusters (no endpoints to read the metadata from).
+    for name in [
+        "outbound|443||api.example.com",
+        "outbound|5432||db.default.svc.cluster.local",
+    ] {
+        let c = find(&cs, name);
+        assert!(
+            c.transport_socket.is_none() && c.transport_socket_matches.is_empty(),
+            "{name}"
+        );
+    }
+    // Gateways follow the same rules.
+    let gw = clusters(&m, &with_sds(proxy("router", "127.0.9.2", "default")));
+    assert_eq!(
+        socket_matches(find(
+            &gw,
+            "outbound|9080||reviews.default.svc.cluster.local"
+        ))
+        .len(),
+        2
+    );
+    // A client without an agent never uses mutual TLS.
+    let plain = clusters(&m, &sidecar("default"));
+    assert!(plain.iter().all(|c| c.transport_socket_matches.is_empty()));
+}
+
+/// Mutual TLS clusters are the same on every generation, byte for byte
+/// (maps included): an unchanged cluster must not look changed to the xDS
+/// server. (Envoy's verdict on them is in the listener tests'
+/// `envoy_accepts_the_listeners`, with the bootstrap's SDS cluster.)
+#[test]
+fn deterministic_mtls_clusters() {
+    let m = mesh(MTLS_REGISTRY);
+    let p = with_sds(sidecar("default"));
+    assert_eq!(clusters(&m, &p), clusters(&m, &p));
+    let encode = |cs: Vec<Cluster>| cs.iter().map(|c| c.encode_to_vec()).collect::<Vec<_>>();
+    assert_eq!(encode(clusters(&m, &p)), encode(clusters(&m, &p)));
 }

@@ -22,7 +22,7 @@
 //!   and Maglev, warm-up (slow start). `localityLbSetting` and
 //!   `zoneAwareLbSetting` are not applied: they need the proxy's locality,
 //!   which Sextant's proxies do not report yet;
-//! - tls: see [`super::tls`].
+//! - tls (and Istio's auto mTLS when there is none): see [`super::tls`].
 use std::collections::HashMap;
 
 use prost::Name;
@@ -219,12 +219,14 @@ impl HttpOptions {
 
 /// Applies a merged traffic policy to a cluster whose name, discovery type
 /// and endpoints are set; `protocol` is the application protocol of the
-/// cluster's port.
+/// cluster's port, `mesh_tls` what Istio's mutual TLS needs to know about
+/// an outbound cluster (see [`super::tls`]).
 pub(super) fn apply(
     cluster: &mut Cluster,
     policy: &Policy<'_>,
     protocol: Protocol,
     direction: Direction,
+    mesh_tls: Option<&super::tls::MeshTls>,
 ) {
     let mut http = HttpOptions::for_protocol(protocol);
     apply_connection_pool(cluster, &mut http, policy.connection_pool);
@@ -232,7 +234,7 @@ pub(super) fn apply(
         apply_h2_upgrade(&mut http, policy.connection_pool);
         apply_outlier_detection(cluster, policy.outlier_detection);
         apply_load_balancer(cluster, policy.load_balancer);
-        super::tls::apply(cluster, &mut http, policy.tls, protocol);
+        super::tls::apply(cluster, &mut http, policy.tls, protocol, mesh_tls);
     }
     if is_original_dst(cluster) {
         cluster.lb_policy = LbPolicy::ClusterProvided as i32;

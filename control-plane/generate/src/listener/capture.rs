@@ -14,16 +14,21 @@
 //!   for everything else.
 //! - `virtualInbound` on `0.0.0.0:15006`, where iptables sends inbound
 //!   connections: the `original_dst` listener filter restores the
-//!   destination, one filter chain per inbound port ([`crate::cluster::inbound`])
-//!   matched on it, forwarding to `inbound|PORT||` (HTTP through an HTTP
-//!   connection manager with an inline route); other ports pass through to
-//!   `PassthroughCluster` (Istio's InboundPassthroughCluster), 15006 itself
-//!   is a black hole. TPROXY makes it transparent.
+//!   destination, the filter chains of each inbound port
+//!   ([`crate::cluster::inbound`]; plain text and mutual TLS per
+//!   PeerAuthentication, see [`super::inbound`]) matched on it, forwarding
+//!   to `inbound|PORT||` (HTTP through an HTTP connection manager with an
+//!   inline route); other ports pass through to `PassthroughCluster`
+//!   (Istio's InboundPassthroughCluster) under the workload's mTLS mode
+//!   (and each port-level mode of a port without inbound cluster), 15006
+//!   itself is a black hole. TPROXY makes it transparent.
 //! - Sidecar ingress and egress listeners with `captureMode: NONE` (or an
 //!   egress `bind`) are bound as without capture.
 //!
-//! The TLS inspector is on the listeners that match SNI; no HTTP
+//! The TLS inspector is on the listeners that match SNI or TLS; no HTTP
 //! inspector, since protocols come from port declarations, not sniffing.
+use std::collections::BTreeSet;
+
 use sextant_api::networking::sidecar::OutboundTrafficPolicyMode;
 use sextant_xds::InterceptionMode;
 use sextant_xds::Proxy;
@@ -31,10 +36,13 @@ use sextant_xds::pb::envoy::config::core::v3::TrafficDirection;
 use sextant_xds::pb::envoy::config::listener::v3::{FilterChain, FilterChainMatch, Listener};
 use sextant_xds::pb::google::protobuf::BoolValue;
 
-use super::gateway::ingress_tls;
+use super::inbound::{InboundSecurity, on_port};
 use super::outbound::{OutboundPort, declared_egress_protocol};
-use super::sidecar::{inbound_chain, inbound_listeners, outbound_listeners};
-use super::{TcpTarget, chain, dedupe_chains, listener, original_dst_filter, tcp_proxy};
+use super::sidecar::{inbound_filters, inbound_listeners, outbound_listeners};
+use super::{
+    TcpTarget, chain, dedupe_chains, listener, needs_tls_inspector, original_dst_filter, tcp_proxy,
+    tls_inspector_filter,
+};
 use crate::envoy::{socket_address, u32_value};
 use crate::mesh::MeshSnapshot;
 use crate::names;
@@ -122,44 +130,50 @@ fn virtual_inbound(mesh: &MeshSnapshot, proxy: &Proxy) -> Listener {
         .sidecar_for(proxy)
         .map(|s| s.object.spec.ingress.as_slice())
         .unwrap_or_default();
+    let security = InboundSecurity::new(mesh, proxy);
     let mut chains = vec![tcp_chain(
         "virtualInbound-blackhole",
         destination_port(port),
         names::BLACKHOLE_CLUSTER,
     )];
+    let mut served = BTreeSet::new();
     for cluster in crate::cluster::inbound(mesh, proxy) {
-        let mut c = inbound_chain(
-            names::listener("0.0.0.0", cluster.port),
-            cluster.port,
-            cluster.protocol.is_http(),
-        );
-        c.filter_chain_match = destination_port(cluster.port);
         let tls = ingress
             .iter()
             .filter(|i| {
                 i.port.as_ref().and_then(|p| p.number).map(|n| n.get()) == Some(cluster.port)
             })
             .find_map(|i| i.tls.as_ref());
-        match ingress_tls(tls, proxy, cluster.port) {
-            Ok(socket) => c.transport_socket = socket,
+        let http = cluster.protocol.is_http();
+        let port_chains = match security.port_chains(
+            &names::listener("0.0.0.0", cluster.port),
+            cluster.port,
+            http,
+            &|| inbound_filters(cluster.port, http),
+            tls,
+        ) {
+            Ok(c) => c,
             Err(why) => {
                 tracing::warn!(proxy = %proxy.id, "Sidecar ingress port {}: tls: {why}; port not served", cluster.port);
                 continue;
             }
-        }
-        chains.push(c);
+        };
+        served.insert(cluster.port);
+        chains.extend(port_chains.into_iter().map(|c| on_port(c, cluster.port)));
     }
-    chains.push(tcp_chain(
-        names::VIRTUAL_INBOUND,
-        None,
-        names::PASSTHROUGH_CLUSTER,
-    ));
+    chains.extend(security.passthrough_chains(&served));
     let name = names::VIRTUAL_INBOUND.to_string();
+    let chains = dedupe_chains(&name, chains);
+    let mut listener_filters = vec![original_dst_filter()];
+    if chains.iter().any(needs_tls_inspector) {
+        listener_filters.push(tls_inspector_filter());
+    }
     Listener {
-        filter_chains: dedupe_chains(&name, chains),
+        filter_chains: chains,
         name,
         address: Some(socket_address("0.0.0.0", port)),
-        listener_filters: vec![original_dst_filter()],
+        listener_filters,
+        continue_on_listener_filters_timeout: true,
         transparent: (proxy.interception_mode == InterceptionMode::Tproxy)
             .then_some(BoolValue { value: true }),
         traffic_direction: TrafficDirection::Inbound as i32,

@@ -8,15 +8,19 @@
 //!   chain per server matched on its hosts as SNI (none for `*`),
 //!   terminating TLS with the certificate files of the server; HTTPS then
 //!   routes by RDS `http.PORT`, TLS by the VirtualService `tcp` routes bound
-//!   to the gateway.
+//!   to the gateway. With mode ISTIO_MUTUAL, the same terminating Istio's
+//!   mutual TLS: the gateway's own workload certificate and the mesh trust
+//!   bundle over SDS, a client certificate required (and checked against
+//!   the server's `subjectAltNames`, if any); only on gateways with an
+//!   agent serving SDS (see [`crate::mtls::has_sds`]), else skipped.
 //! - TLS (or HTTPS) with mode PASSTHROUGH: SNI filter chains from the
 //!   VirtualService `tls` routes bound to the gateway.
 //! - TCP (and MONGO): the VirtualService `tcp` routes bound to the gateway.
 //!
 //! A port serves one kind (plain HTTP, TLS, TCP): a server of another kind
 //! on a taken port is skipped with a warning, as are servers Sextant cannot
-//! serve yet (`credentialName`: Kubernetes secrets; ISTIO_MUTUAL: the CA;
-//! AUTO_PASSTHROUGH).
+//! serve yet (`credentialName`: Kubernetes secrets; AUTO_PASSTHROUGH) or
+//! cannot serve (ISTIO_MUTUAL without SDS).
 use sextant_api::networking::gateway::{Server, ServerTlsSettings, TlsMode, TlsProtocol};
 use sextant_xds::pb::envoy::config::core::v3::data_source::Specifier;
 use sextant_xds::pb::envoy::config::core::v3::{
@@ -243,13 +247,32 @@ fn server_chains(
             };
             match tls.mode.unwrap_or(TlsMode::Passthrough) {
                 TlsMode::Passthrough => passthrough_chains(mesh, proxy, server),
-                TlsMode::Simple | TlsMode::Mutual | TlsMode::OptionalMutual => {
+                TlsMode::IstioMutual if !crate::mtls::has_sds(proxy) => {
+                    tracing::warn!(
+                        proxy = %proxy.id,
+                        server = %server.id,
+                        "tls mode ISTIO_MUTUAL: the gateway has no agent serving SDS (node metadata {} is not \"true\"), so no certificate; server skipped",
+                        crate::mtls::SDS_METADATA_KEY
+                    );
+                    Vec::new()
+                }
+                mode @ (TlsMode::Simple
+                | TlsMode::Mutual
+                | TlsMode::OptionalMutual
+                | TlsMode::IstioMutual) => {
                     let alpn: &[&str] = if protocol == Protocol::Https {
                         &["h2", "http/1.1"]
                     } else {
                         &[]
                     };
-                    let socket = match downstream_tls(tls, alpn) {
+                    let socket = if mode == TlsMode::IstioMutual {
+                        Ok(crate::mtls::tls_transport_socket(
+                            &crate::mtls::istio_mutual_server(&tls.subject_alt_names, alpn),
+                        ))
+                    } else {
+                        downstream_tls(tls, alpn)
+                    };
+                    let socket = match socket {
                         Ok(socket) => socket,
                         Err(why) => {
                             tracing::warn!(proxy = %proxy.id, server = %server.id, "{why}; server skipped");
@@ -354,8 +377,8 @@ fn passthrough_chains(
 
 /// The TLS transport socket of a Sidecar ingress listener: SIMPLE, MUTUAL
 /// and OPTIONAL_MUTUAL terminate TLS (`Err` when that cannot be done);
-/// other modes (ISTIO_MUTUAL needs the CA) leave the port in plain text,
-/// with a warning.
+/// other modes leave the port to PeerAuthentication (ISTIO_MUTUAL is what
+/// PeerAuthentication gives a port), with a warning.
 pub(super) fn ingress_tls(
     tls: Option<&ServerTlsSettings>,
     proxy: &Proxy,
@@ -368,7 +391,7 @@ pub(super) fn ingress_tls(
         }
         None | Some(TlsMode::Passthrough) => Ok(None),
         Some(mode) => {
-            tracing::warn!(proxy = %proxy.id, "Sidecar ingress port {port}: tls mode {mode:?} is not supported yet; plain text");
+            tracing::warn!(proxy = %proxy.id, "Sidecar ingress port {port}: tls mode {mode:?} is not supported; the port follows PeerAuthentication");
             Ok(None)
         }
     }

@@ -5,8 +5,10 @@
 //!   else the workload's first IP, at the entry's port, forwarding to
 //!   `inbound|PORT||` (the entry's `defaultEndpoint`, see
 //!   [`crate::cluster::inbound`]): HTTP ports through an HTTP connection
-//!   manager with an inline route, others through a TCP proxy; TLS
-//!   terminated when the entry has `tls` (certificate files).
+//!   manager with an inline route, others through a TCP proxy; plain text
+//!   and Istio's mutual TLS as the workload's PeerAuthentication says (see
+//!   [`super::inbound`]), or TLS terminated when the entry has `tls`
+//!   (certificate files) and the port's mode allows it.
 //! - Outbound: one listener per egress listener with a port, on its `bind`
 //!   or else `127.0.0.1`. The catch-all egress listener (no port; also the
 //!   implicit one of a proxy without Sidecar egress) has no port to bind:
@@ -20,13 +22,17 @@ use std::collections::BTreeSet;
 use sextant_api::networking::sidecar::CaptureMode;
 use sextant_xds::Proxy;
 use sextant_xds::pb::envoy::config::core::v3::TrafficDirection;
-use sextant_xds::pb::envoy::config::listener::v3::Listener;
+use sextant_xds::pb::envoy::config::listener::v3::{Filter, Listener};
+use sextant_xds::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_connection_manager::{
+    ForwardClientCertDetails, SetCurrentClientCertDetails,
+};
+use sextant_xds::pb::google::protobuf::BoolValue;
 
-use super::gateway::ingress_tls;
+use super::inbound::InboundSecurity;
 use super::outbound::{OutboundPort, declared_egress_protocol};
 use super::{
-    HttpSide, Routes, TcpTarget, chain, http_connection_manager, inbound_route_config, listener,
-    port_protocol, proxy_address, tcp_proxy,
+    HttpSide, Routes, TcpTarget, hcm_filter, http_connection_manager_config, inbound_route_config,
+    listener, port_protocol, proxy_address, tcp_proxy,
 };
 use crate::mesh::MeshSnapshot;
 use crate::names;
@@ -56,6 +62,7 @@ pub(super) fn inbound_listeners(
         .iter()
         .map(|c| c.port)
         .collect();
+    let security = InboundSecurity::new(mesh, proxy);
     let mut out = Vec::new();
     for ingress in &sidecar.object.spec.ingress {
         if captured && ingress.capture_mode != Some(CaptureMode::None) {
@@ -77,46 +84,57 @@ pub(super) fn inbound_listeners(
             ingress.bind.clone()
         };
         let name = names::listener(&address, number);
-        let mut c = inbound_chain(
-            name.clone(),
+        let http = port_protocol(&port.protocol, &port.name).is_http();
+        let chains = match security.port_chains(
+            &name,
             number,
-            port_protocol(&port.protocol, &port.name).is_http(),
-        );
-        match ingress_tls(ingress.tls.as_ref(), proxy, number) {
-            Ok(socket) => c.transport_socket = socket,
+            http,
+            &|| inbound_filters(number, http),
+            ingress.tls.as_ref(),
+        ) {
+            Ok(chains) => chains,
             Err(why) => {
                 tracing::warn!(proxy = %proxy.id, listener = %name, "Sidecar ingress tls: {why}; listener skipped");
                 continue;
             }
-        }
-        out.push(listener(
-            name,
-            &address,
-            number,
-            vec![c],
-            TrafficDirection::Inbound,
-        ));
+        };
+        let mut l = listener(name, &address, number, chains, TrafficDirection::Inbound);
+        l.continue_on_listener_filters_timeout = true;
+        out.push(l);
     }
     out
 }
 
-/// The filter chain to the inbound cluster of `port`.
-pub(super) fn inbound_chain(
-    name: String,
-    port: u32,
-    http: bool,
-) -> sextant_xds::pb::envoy::config::listener::v3::FilterChain {
-    let filter = if http {
-        let stat_prefix = format!("inbound_0.0.0.0_{port}");
-        http_connection_manager(
-            &stat_prefix,
-            Routes::Inline(Box::new(inbound_route_config(port))),
-            HttpSide::Sidecar,
-        )
-    } else {
-        tcp_proxy(&TcpTarget::Cluster(names::inbound_cluster(port)))
-    };
-    chain(name, None, filter)
+/// The network filters of every filter chain of inbound port `port`,
+/// plain text or mutual TLS: an HTTP connection manager with the inline
+/// route to `inbound|PORT||` (HTTP ports), else a TCP proxy to it. The one
+/// place the inbound HTTP connection manager and TCP proxy are built, so
+/// that what every inbound connection or request goes through
+/// (authorization, for one: network filters before these, HTTP filters in
+/// the manager) is added here once.
+///
+/// As Istio's sidecars, the HTTP connection manager tells the application
+/// who the client is: over mutual TLS, the client certificate's subject,
+/// URI SAN (the SPIFFE identity) and DNS SANs are appended to the
+/// `x-forwarded-client-cert` header (which Envoy removes from plain text
+/// requests).
+pub(super) fn inbound_filters(port: u32, http: bool) -> Vec<Filter> {
+    if !http {
+        return vec![tcp_proxy(&TcpTarget::Cluster(names::inbound_cluster(port)))];
+    }
+    let mut manager = http_connection_manager_config(
+        &format!("inbound_0.0.0.0_{port}"),
+        Routes::Inline(Box::new(inbound_route_config(port))),
+        HttpSide::Sidecar,
+    );
+    manager.forward_client_cert_details = ForwardClientCertDetails::AppendForward as i32;
+    manager.set_current_client_cert_details = Some(SetCurrentClientCertDetails {
+        subject: Some(BoolValue { value: true }),
+        uri: true,
+        dns: true,
+        ..Default::default()
+    });
+    vec![hcm_filter(&manager)]
 }
 
 /// The listeners of the egress listeners; with `captured` (iptables

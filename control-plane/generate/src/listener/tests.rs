@@ -1253,12 +1253,54 @@ fn envoy_accepts_the_listeners() {
             listeners(&mesh(&https_gateway(&c, &k, &c)), &ingress_gateway()),
         );
     }
+    // Istio's mutual TLS, with its secrets from the agent over SDS.
+    add(
+        "mtls",
+        listeners(&mesh(CAPTURED), &with_sds(captured_reviews())),
+    );
+    add(
+        "mtls-strict",
+        listeners(
+            &with_docs(&[CAPTURED, MESH_STRICT, NAMESPACE_DISABLE, WORKLOAD_PORTS]),
+            &with_sds(captured_reviews()),
+        ),
+    );
+    add(
+        "mtls-gw",
+        listeners(&mesh(MUTUAL_GATEWAY), &with_sds(ingress_gateway())),
+    );
+    add(
+        "mtls-db",
+        listeners(
+            &mesh(SIDECAR_TCP),
+            &with_sds(proxy(
+                ProxyType::Sidecar,
+                "127.0.3.1",
+                "default",
+                &[("app", "db")],
+                InterceptionMode::None,
+            )),
+        ),
+    );
+    // And the clusters on the client side: ISTIO_MUTUAL, auto mTLS over EDS
+    // and DNS.
+    let clusters = crate::cluster::clusters(
+        &with_docs(&[CAPTURED, MTLS_CLIENT]),
+        &with_sds(captured_reviews()),
+    );
+    assert!(
+        clusters
+            .iter()
+            .any(|c| !c.transport_socket_matches.is_empty())
+            && clusters.iter().any(|c| c.transport_socket.is_some()),
+        "auto mTLS and ISTIO_MUTUAL clusters are validated"
+    );
     let names: Vec<String> = all.iter().map(|l| l.name.clone()).collect();
-    let verdict = envoy_validate(&envoy, &dir, all);
+    let verdict = envoy_validate(&envoy, &dir, all, clusters);
     // The control: Envoy does refuse a listener with two chains of one match.
     let mut bad = productpage_listener_with_duplicate_chains();
     bad.name = "bad".to_string();
-    let control = envoy_validate(&envoy, &dir, vec![bad]);
+    let control = envoy_validate(&envoy, &dir, vec![bad], Vec::new());
     let _ = std::fs::remove_dir_all(&dir);
     if let Err(why) = verdict {
         panic!("Envoy refused the listeners {names:?}:\n{why}");
@@ -1278,6 +1320,7 @@ fn envoy_validate(
     envoy: &std::path::Path,
     dir: &std::path::Path,
     listeners: Vec<Listener>,
+    mut clusters: Vec<sextant_xds::pb::envoy::config::cluster::v3::Cluster>,
 ) -> Result<(), String> {
     use sextant_xds::pb::envoy::config::bootstrap::v3::Bootstrap;
     use sextant_xds::pb::envoy::config::bootstrap::v3::bootstrap::{
@@ -1295,6 +1338,10 @@ fn envoy_validate(
     use sextant_xds::pb::envoy::config::endpoint::v3::lb_endpoint::HostIdentifier;
     use sextant_xds::pb::envoy::config::endpoint::v3::{
         ClusterLoadAssignment, Endpoint, LbEndpoint, LocalityLbEndpoints,
+    };
+    use sextant_xds::pb::envoy::extensions::upstreams::http::v3::HttpProtocolOptions;
+    use sextant_xds::pb::envoy::extensions::upstreams::http::v3::http_protocol_options::{
+        ExplicitHttpConfig, UpstreamProtocolOptions, explicit_http_config::ProtocolConfig,
     };
 
     let xds = Cluster {
@@ -1316,6 +1363,32 @@ fn envoy_validate(
         }),
         ..Default::default()
     };
+    // The agent's SDS socket, as `sextant bootstrap` writes it (HTTP/2 over
+    // a Unix socket).
+    let sds = Cluster {
+        name: crate::mtls::SDS_CLUSTER.to_string(),
+        cluster_discovery_type: Some(ClusterDiscoveryType::Type(DiscoveryType::Static as i32)),
+        load_assignment: Some(crate::endpoint::single_endpoint(
+            crate::mtls::SDS_CLUSTER.to_string(),
+            crate::endpoint::pipe_address(&dir.join("sds.sock").display().to_string()),
+        )),
+        typed_extension_protocol_options: std::collections::HashMap::from([(
+            <HttpProtocolOptions as prost::Name>::full_name(),
+            any(&HttpProtocolOptions {
+                upstream_protocol_options: Some(UpstreamProtocolOptions::ExplicitHttpConfig(
+                    ExplicitHttpConfig {
+                        protocol_config: Some(ProtocolConfig::Http2ProtocolOptions(
+                            Default::default(),
+                        )),
+                    },
+                )),
+                ..Default::default()
+            }),
+        )]),
+        ..Default::default()
+    };
+    clusters.push(xds);
+    clusters.push(sds);
     let bootstrap = Bootstrap {
         node: Some(Node {
             id: "sidecar~127.0.0.1~validate.default~default.svc.cluster.local".to_string(),
@@ -1324,7 +1397,7 @@ fn envoy_validate(
         }),
         static_resources: Some(StaticResources {
             listeners,
-            clusters: vec![xds],
+            clusters,
             ..Default::default()
         }),
         dynamic_resources: Some(DynamicResources {
@@ -1362,4 +1435,468 @@ fn envoy_validate(
             String::from_utf8_lossy(&out.stderr)
         ))
     }
+}
+
+// --- Mutual TLS on inbound ports (PeerAuthentication) ---
+
+/// `p` with an agent serving SDS (node metadata `SEXTANT_SDS: "true"`).
+fn with_sds(mut p: Proxy) -> Proxy {
+    use sextant_xds::pb::google::protobuf::{Value, value::Kind};
+    p.raw_metadata.insert(
+        crate::mtls::SDS_METADATA_KEY.to_string(),
+        Value {
+            kind: Some(Kind::StringValue("true".to_string())),
+        },
+    );
+    p
+}
+
+fn captured_reviews() -> Proxy {
+    proxy(
+        ProxyType::Sidecar,
+        "10.0.0.5",
+        "default",
+        &[("app", "reviews")],
+        InterceptionMode::Redirect,
+    )
+}
+
+/// A chain's shape: name, destination port, transport protocol, ALPN, and
+/// whether it terminates TLS.
+type Shape = (String, Option<u32>, String, Vec<String>, bool);
+
+fn shapes(l: &Listener) -> Vec<Shape> {
+    l.filter_chains
+        .iter()
+        .map(|c| {
+            let m = c.filter_chain_match.clone().unwrap_or_default();
+            (
+                c.name.clone(),
+                m.destination_port.map(|p| p.value),
+                m.transport_protocol,
+                m.application_protocols,
+                c.transport_socket.is_some(),
+            )
+        })
+        .collect()
+}
+
+fn shape(name: &str, port: Option<u32>, transport: &str, alpn: &[&str], tls: bool) -> Shape {
+    (
+        name.to_string(),
+        port,
+        transport.to_string(),
+        alpn.iter().map(|a| a.to_string()).collect(),
+        tls,
+    )
+}
+
+const ISTIO_ALPN: [&str; 5] = crate::mtls::ALPN_ISTIO_MTLS;
+
+/// Istio's mutual TLS server context: a client certificate required and
+/// checked against the trust bundle, the workload certificate, over SDS.
+fn assert_istio_mutual(c: &FilterChain, alpn: &[&str]) {
+    let ctx = tls_context(c);
+    assert_eq!(
+        ctx.require_client_certificate,
+        Some(BoolValue { value: true }),
+        "{}",
+        c.name
+    );
+    let common = ctx.common_tls_context.unwrap();
+    let secrets: Vec<&str> = common
+        .tls_certificate_sds_secret_configs
+        .iter()
+        .map(|s| s.name.as_str())
+        .collect();
+    assert_eq!(secrets, ["default"]);
+    let Some(ValidationContextType::CombinedValidationContext(v)) = &common.validation_context_type
+    else {
+        panic!("{}: no combined validation context", c.name)
+    };
+    assert_eq!(
+        v.validation_context_sds_secret_config
+            .as_ref()
+            .map(|s| s.name.as_str()),
+        Some("ROOTCA")
+    );
+    assert_eq!(common.alpn_protocols, alpn, "{}", c.name);
+}
+
+#[test]
+fn permissive_by_default_with_sds() {
+    let m = mesh(CAPTURED);
+    let ls = listeners(&m, &with_sds(captured_reviews()));
+    let vi = find(&ls, "virtualInbound");
+    assert_eq!(
+        shapes(vi),
+        [
+            shape("virtualInbound-blackhole", Some(15006), "", &[], false),
+            shape("0.0.0.0_9080-mtls", Some(9080), "tls", &ISTIO_ALPN, true),
+            shape("0.0.0.0_9080", Some(9080), "raw_buffer", &[], false),
+            shape("virtualInbound-mtls", None, "tls", &ISTIO_ALPN, true),
+            shape("virtualInbound", None, "raw_buffer", &[], false),
+            shape("virtualInbound-tls", None, "tls", &[], false),
+        ]
+    );
+    let filters: Vec<&str> = vi
+        .listener_filters
+        .iter()
+        .map(|f| f.name.as_str())
+        .collect();
+    assert_eq!(
+        filters,
+        [
+            "envoy.filters.listener.original_dst",
+            "envoy.filters.listener.tls_inspector"
+        ]
+    );
+    assert!(
+        vi.continue_on_listener_filters_timeout,
+        "server-first protocols get through after the inspector's timeout"
+    );
+    // HTTP port: Istio's server ALPN for HTTP; both chains of the port go
+    // to the same inbound route, and tell the application who called.
+    let mtls_chain = chain_named(vi, "0.0.0.0_9080-mtls");
+    assert_istio_mutual(mtls_chain, &["h2", "http/1.1"]);
+    for c in [mtls_chain, chain_named(vi, "0.0.0.0_9080")] {
+        let manager = hcm(c);
+        let Some(RouteSpecifier::RouteConfig(routes)) = &manager.route_specifier else {
+            panic!()
+        };
+        assert_eq!(routes.name, "inbound|9080||");
+        assert_eq!(
+            manager.forward_client_cert_details,
+            sextant_xds::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_connection_manager::ForwardClientCertDetails::AppendForward as i32
+        );
+        assert!(manager.set_current_client_cert_details.unwrap().uri);
+    }
+    // Unknown ports pass through, mutual TLS terminated (TCP ALPN) or not.
+    let passthrough = chain_named(vi, "virtualInbound-mtls");
+    assert_istio_mutual(passthrough, &["istio-peer-exchange", "h2", "http/1.1"]);
+    assert_eq!(tcp_cluster(passthrough), "PassthroughCluster");
+    assert_eq!(
+        tcp_cluster(chain_named(vi, "virtualInbound-tls")),
+        "PassthroughCluster"
+    );
+
+    // The same proxy without an agent has no certificate: plain text only,
+    // as before, and no TLS inspector.
+    let ls = listeners(&m, &captured_reviews());
+    let vi = find(&ls, "virtualInbound");
+    assert_eq!(
+        shapes(vi),
+        [
+            shape("virtualInbound-blackhole", Some(15006), "", &[], false),
+            shape("0.0.0.0_9080", Some(9080), "", &[], false),
+            shape("virtualInbound", None, "", &[], false),
+        ]
+    );
+    assert!(!has_listener_filter(
+        vi,
+        "envoy.filters.listener.tls_inspector"
+    ));
+}
+
+/// Client side: ISTIO_MUTUAL on a subset, auto mTLS on EDS and DNS
+/// services with sidecars.
+const MTLS_CLIENT: &str = r#"
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: mysql}
+spec:
+  host: mysql.default.svc.cluster.local
+  subsets:
+  - name: primary
+    labels: {role: primary}
+    trafficPolicy: {tls: {mode: ISTIO_MUTUAL}}
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: vm}
+spec:
+  hosts: [vm.example.internal]
+  resolution: DNS
+  location: MESH_INTERNAL
+  ports: [{number: 8080, name: grpc}]
+  endpoints: [{address: vm1.example.internal, labels: {security.istio.io/tlsMode: istio}}]
+"#;
+
+const MESH_STRICT: &str = r#"
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: default, namespace: istio-system}
+spec: {mtls: {mode: STRICT}}
+"#;
+
+const NAMESPACE_DISABLE: &str = r#"
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: default, namespace: default}
+spec: {mtls: {mode: DISABLE}}
+"#;
+
+const WORKLOAD_PORTS: &str = r#"
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: reviews, namespace: default}
+spec:
+  selector: {matchLabels: {app: reviews}}
+  portLevelMtls:
+    "9080": {mode: STRICT}
+    "8443": {mode: PERMISSIVE}
+"#;
+
+fn with_docs(docs: &[&str]) -> MeshSnapshot {
+    mesh(&docs.join("\n---\n"))
+}
+
+#[test]
+fn peer_authentication_levels_shape_the_inbound_chains() {
+    let p = with_sds(captured_reviews());
+    // Mesh-wide STRICT: mutual TLS only, on the service port and for
+    // pass-through traffic alike.
+    let ls = listeners(&with_docs(&[CAPTURED, MESH_STRICT]), &p);
+    let vi = find(&ls, "virtualInbound");
+    assert_eq!(
+        shapes(vi),
+        [
+            shape("virtualInbound-blackhole", Some(15006), "", &[], false),
+            shape("0.0.0.0_9080-mtls", Some(9080), "tls", &[], true),
+            shape("virtualInbound-mtls", None, "tls", &[], true),
+        ]
+    );
+    assert_istio_mutual(chain_named(vi, "0.0.0.0_9080-mtls"), &["h2", "http/1.1"]);
+
+    // The namespace's DISABLE overrides the mesh: plain text only.
+    let ls = listeners(&with_docs(&[CAPTURED, MESH_STRICT, NAMESPACE_DISABLE]), &p);
+    let vi = find(&ls, "virtualInbound");
+    assert_eq!(
+        shapes(vi),
+        [
+            shape("virtualInbound-blackhole", Some(15006), "", &[], false),
+            shape("0.0.0.0_9080", Some(9080), "", &[], false),
+            shape("virtualInbound", None, "", &[], false),
+        ]
+    );
+    assert!(!has_listener_filter(
+        vi,
+        "envoy.filters.listener.tls_inspector"
+    ));
+
+    // The workload policy (mode UNSET: the namespace's DISABLE) makes its
+    // port 9080 STRICT; its port 8443, where no service is, gets its own
+    // pass-through chains, PERMISSIVE.
+    let ls = listeners(
+        &with_docs(&[CAPTURED, MESH_STRICT, NAMESPACE_DISABLE, WORKLOAD_PORTS]),
+        &p,
+    );
+    let vi = find(&ls, "virtualInbound");
+    assert_eq!(
+        shapes(vi),
+        [
+            shape("virtualInbound-blackhole", Some(15006), "", &[], false),
+            shape("0.0.0.0_9080-mtls", Some(9080), "tls", &[], true),
+            shape(
+                "virtualInbound_8443-mtls",
+                Some(8443),
+                "tls",
+                &ISTIO_ALPN,
+                true
+            ),
+            shape("virtualInbound_8443", Some(8443), "raw_buffer", &[], false),
+            shape("virtualInbound_8443-tls", Some(8443), "tls", &[], false),
+            shape("virtualInbound", None, "", &[], false),
+        ]
+    );
+    assert!(has_listener_filter(
+        vi,
+        "envoy.filters.listener.tls_inspector"
+    ));
+    // Another workload of the namespace is not selected: DISABLE.
+    let other = with_sds(proxy(
+        ProxyType::Sidecar,
+        "10.0.0.6",
+        "default",
+        &[("app", "ratings")],
+        InterceptionMode::Redirect,
+    ));
+    let ls = listeners(
+        &with_docs(&[CAPTURED, MESH_STRICT, NAMESPACE_DISABLE, WORKLOAD_PORTS]),
+        &other,
+    );
+    assert_eq!(
+        shapes(find(&ls, "virtualInbound")),
+        [
+            shape("virtualInbound-blackhole", Some(15006), "", &[], false),
+            shape("0.0.0.0_9080", Some(9080), "", &[], false),
+            shape("virtualInbound", None, "", &[], false),
+        ]
+    );
+}
+
+#[test]
+fn strict_without_certificate_refuses() {
+    let ls = listeners(&with_docs(&[CAPTURED, MESH_STRICT]), &captured_reviews());
+    let vi = find(&ls, "virtualInbound");
+    assert_eq!(
+        shapes(vi),
+        [
+            shape("virtualInbound-blackhole", Some(15006), "", &[], false),
+            shape("0.0.0.0_9080", Some(9080), "", &[], false),
+            shape("virtualInbound", None, "", &[], false),
+        ]
+    );
+    assert_eq!(
+        tcp_cluster(chain_named(vi, "0.0.0.0_9080")),
+        "BlackHoleCluster"
+    );
+    assert_eq!(
+        tcp_cluster(chain_named(vi, "virtualInbound")),
+        "BlackHoleCluster"
+    );
+}
+
+#[test]
+fn bound_tcp_ingress_with_sds_is_permissive() {
+    let db = with_sds(proxy(
+        ProxyType::Sidecar,
+        "127.0.3.1",
+        "default",
+        &[("app", "db")],
+        InterceptionMode::None,
+    ));
+    let ls = listeners(&mesh(SIDECAR_TCP), &db);
+    let l = find(&ls, "127.0.3.1_5432");
+    assert_eq!(
+        shapes(l),
+        [
+            shape("127.0.3.1_5432-mtls", None, "tls", &ISTIO_ALPN, true),
+            shape("127.0.3.1_5432", None, "raw_buffer", &[], false),
+            shape("127.0.3.1_5432-tls", None, "tls", &[], false),
+        ]
+    );
+    assert!(has_listener_filter(
+        l,
+        "envoy.filters.listener.tls_inspector"
+    ));
+    assert!(l.continue_on_listener_filters_timeout);
+    assert_istio_mutual(
+        &l.filter_chains[0],
+        &["istio-peer-exchange", "h2", "http/1.1"],
+    );
+    for c in &l.filter_chains {
+        assert_eq!(tcp_cluster(c), "inbound|5432||");
+    }
+    // Outbound listeners are not touched by PeerAuthentication.
+    assert!(
+        find(&ls, "127.0.3.2_8080").filter_chains[0]
+            .transport_socket
+            .is_none()
+    );
+}
+
+const INGRESS_TLS: &str = r#"
+apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata: {name: db}
+spec:
+  workloadSelector: {labels: {app: db}}
+  ingress:
+  - port: {number: 5432, protocol: TLS, name: tls}
+    defaultEndpoint: 127.0.0.1:25432
+    tls: {mode: SIMPLE, serverCertificate: /c.pem, privateKey: /k.pem}
+"#;
+
+const DB_PORT_DISABLE: &str = r#"
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: db, namespace: default}
+spec:
+  selector: {matchLabels: {app: db}}
+  portLevelMtls: {"5432": {mode: DISABLE}}
+"#;
+
+#[test]
+fn sidecar_ingress_tls_where_mutual_tls_is_off() {
+    let db = proxy(
+        ProxyType::Sidecar,
+        "127.0.3.1",
+        "default",
+        &[("app", "db")],
+        InterceptionMode::None,
+    );
+    let file_tls = |l: &Listener| {
+        let ctx = tls_context(&l.filter_chains[0]);
+        ctx.common_tls_context.unwrap().tls_certificates.len() == 1
+    };
+    // Without an agent, the ingress tls secures the port, as before.
+    let ls = listeners(&mesh(INGRESS_TLS), &db);
+    let l = find(&ls, "127.0.3.1_5432");
+    assert_eq!(l.filter_chains.len(), 1);
+    assert!(file_tls(l));
+    // With one, PERMISSIVE mutual TLS wins, as in Istio...
+    let ls = listeners(&mesh(INGRESS_TLS), &with_sds(db.clone()));
+    let l = find(&ls, "127.0.3.1_5432");
+    assert_eq!(l.filter_chains.len(), 3);
+    assert_istio_mutual(
+        &l.filter_chains[0],
+        &["istio-peer-exchange", "h2", "http/1.1"],
+    );
+    // ...unless the port's mode is DISABLE.
+    let ls = listeners(&with_docs(&[INGRESS_TLS, DB_PORT_DISABLE]), &with_sds(db));
+    let l = find(&ls, "127.0.3.1_5432");
+    assert_eq!(l.filter_chains.len(), 1);
+    assert!(file_tls(l));
+}
+
+#[test]
+fn gateways_ignore_peer_authentication() {
+    let m = with_docs(&[BOOKINFO_GATEWAY, MESH_STRICT]);
+    let gw = with_sds(ingress_gateway());
+    for l in listeners(&m, &gw) {
+        for c in &l.filter_chains {
+            assert!(c.transport_socket.is_none(), "{}", c.name);
+        }
+    }
+}
+
+const MUTUAL_GATEWAY: &str = r#"
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: east-west}
+spec:
+  selector: {istio: ingressgateway}
+  servers:
+  - port: {number: 443, name: https, protocol: HTTPS}
+    hosts: ["*.example.com"]
+    tls: {mode: ISTIO_MUTUAL, subjectAltNames: ["spiffe://cluster.local/ns/default/sa/client"]}
+"#;
+
+#[test]
+fn gateway_istio_mutual_server() {
+    let m = mesh(MUTUAL_GATEWAY);
+    // With an agent: Istio's mutual TLS with the gateway's own certificate.
+    let ls = listeners(&m, &with_sds(ingress_gateway()));
+    let l = find(&ls, "0.0.0.0_443");
+    assert_eq!(l.filter_chains.len(), 1);
+    let c = &l.filter_chains[0];
+    assert_eq!(server_names(c), ["*.example.com"]);
+    assert_istio_mutual(c, &["h2", "http/1.1"]);
+    let common = tls_context(c).common_tls_context.unwrap();
+    let Some(ValidationContextType::CombinedValidationContext(v)) = common.validation_context_type
+    else {
+        panic!()
+    };
+    assert_eq!(
+        v.default_validation_context
+            .unwrap()
+            .match_typed_subject_alt_names
+            .len(),
+        1,
+        "the server's subjectAltNames"
+    );
+    assert_eq!(rds_name(c), "http.443");
+    // Without one there is no certificate: the server is skipped.
+    assert!(listeners(&m, &ingress_gateway()).is_empty());
 }

@@ -19,8 +19,10 @@ use sextant_xds::{BoxError, Proxy, Push, Resource, ResourceRequest, ServerOption
 use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Streaming;
-use tonic::transport::Channel;
+use tonic::service::Routes;
+use tonic::transport::{Channel, ClientTlsConfig, ServerTlsConfig};
 
+#[allow(unused_imports)] // Not every test file uses every type.
 pub use sextant_xds::type_url::{CLUSTER, ENDPOINT, LISTENER, ROUTE};
 
 /// How long a test waits for something that should happen.
@@ -123,18 +125,50 @@ impl TestServer {
     }
 
     pub async fn start_with(world: World, options: ServerOptions) -> TestServer {
+        TestServer::start_serving(world, options, Serving::Plaintext).await
+    }
+
+    /// Serves over TLS with `serve_tls`.
+    pub async fn start_tls(
+        world: World,
+        options: ServerOptions,
+        tls: ServerTlsConfig,
+    ) -> TestServer {
+        TestServer::start_serving(world, options, Serving::Tls(tls)).await
+    }
+
+    /// Serves over TLS with `serve_with`, the xDS routes plus what `add`
+    /// adds.
+    pub async fn start_tls_with(
+        world: World,
+        options: ServerOptions,
+        tls: ServerTlsConfig,
+        add: fn(Routes) -> Routes,
+    ) -> TestServer {
+        TestServer::start_serving(world, options, Serving::TlsWith(tls, add)).await
+    }
+
+    async fn start_serving(world: World, options: ServerOptions, serving: Serving) -> TestServer {
         let xds = XdsServer::with_options(generate, Push::new("v1", world), options);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
-        let serving = xds.clone();
+        let server = xds.clone();
         tokio::spawn(async move {
-            serving
-                .serve(listener, async {
-                    let _ = stopped.await;
-                })
-                .await
-                .unwrap();
+            let shutdown = async {
+                let _ = stopped.await;
+            };
+            match serving {
+                Serving::Plaintext => server.serve(listener, shutdown).await,
+                Serving::Tls(tls) => server.serve_tls(listener, tls, shutdown).await,
+                Serving::TlsWith(tls, add) => {
+                    let routes = add(server.routes());
+                    server
+                        .serve_with(listener, Some(tls), routes, shutdown)
+                        .await
+                }
+            }
+            .unwrap();
         });
         TestServer {
             xds,
@@ -157,6 +191,18 @@ impl TestServer {
             .connect()
             .await
             .unwrap()
+    }
+
+    /// A TLS channel; `tls` names the server's certificate domain.
+    pub async fn tls_channel(
+        &self,
+        tls: ClientTlsConfig,
+    ) -> Result<Channel, tonic::transport::Error> {
+        Channel::from_shared(format!("https://{}", self.addr))
+            .unwrap()
+            .tls_config(tls)?
+            .connect()
+            .await
     }
 
     pub fn stop(&mut self) {
@@ -185,6 +231,12 @@ impl TestServer {
     }
 }
 
+enum Serving {
+    Plaintext,
+    Tls(ServerTlsConfig),
+    TlsWith(ServerTlsConfig, fn(Routes) -> Routes),
+}
+
 impl Drop for TestServer {
     fn drop(&mut self) {
         self.stop();
@@ -205,6 +257,19 @@ pub fn node(name: &str, namespace: &str) -> Node {
             [("app", name)],
         )),
         ..Default::default()
+    }
+}
+
+/// An Istio-style node with a service account (`None`: no
+/// `SERVICE_ACCOUNT` metadata).
+pub fn node_as(name: &str, namespace: &str, service_account: Option<&str>) -> Node {
+    let mut metadata = vec![("NAMESPACE", namespace), ("CLUSTER_ID", "Kubernetes")];
+    if let Some(sa) = service_account {
+        metadata.push(("SERVICE_ACCOUNT", sa));
+    }
+    Node {
+        metadata: Some(node_metadata(metadata, [("app", name)])),
+        ..node(name, namespace)
     }
 }
 
@@ -233,18 +298,22 @@ pub struct SotwClient {
 
 impl SotwClient {
     pub async fn connect(channel: Channel, node: Node) -> SotwClient {
+        SotwClient::try_connect(channel, node).await.unwrap()
+    }
+
+    /// Opens the stream; the server may refuse it right away.
+    pub async fn try_connect(channel: Channel, node: Node) -> Result<SotwClient, tonic::Status> {
         let (tx, requests) = mpsc::channel(16);
         let mut client = AggregatedDiscoveryServiceClient::new(channel);
         let rx = client
             .stream_aggregated_resources(ReceiverStream::new(requests))
-            .await
-            .unwrap()
+            .await?
             .into_inner();
-        SotwClient {
+        Ok(SotwClient {
             tx,
             rx,
             node: Some(node),
-        }
+        })
     }
 
     /// Sends a request; the first one carries the node.
@@ -331,18 +400,22 @@ pub struct DeltaClient {
 
 impl DeltaClient {
     pub async fn connect(channel: Channel, node: Node) -> DeltaClient {
+        DeltaClient::try_connect(channel, node).await.unwrap()
+    }
+
+    /// Opens the stream; the server may refuse it right away.
+    pub async fn try_connect(channel: Channel, node: Node) -> Result<DeltaClient, tonic::Status> {
         let (tx, requests) = mpsc::channel(16);
         let mut client = AggregatedDiscoveryServiceClient::new(channel);
         let rx = client
             .delta_aggregated_resources(ReceiverStream::new(requests))
-            .await
-            .unwrap()
+            .await?
             .into_inner();
-        DeltaClient {
+        Ok(DeltaClient {
             tx,
             rx,
             node: Some(node),
-        }
+        })
     }
 
     pub async fn send(&mut self, mut request: DeltaDiscoveryRequest) {
@@ -391,6 +464,13 @@ impl DeltaClient {
             Ok(Ok(None)) => panic!("stream ended"),
             Ok(Err(status)) => panic!("stream failed: {status}"),
             Err(_) => panic!("no response within {WAIT:?}"),
+        }
+    }
+
+    pub async fn recv_status(&mut self) -> tonic::Status {
+        match tokio::time::timeout(WAIT, self.rx.message()).await {
+            Ok(Err(status)) => status,
+            other => panic!("expected an error status, got {other:?}"),
         }
     }
 

@@ -1,0 +1,193 @@
+//! What the clients saw, as the harness reads it afterwards: one event per
+//! response (when it arrived, when it was ACKed, its size, how many of its
+//! resources were new or changed), when each client first had its full
+//! configuration, and the clients that failed.
+//!
+//! Clients only append; the run reads the log by position, so that a change
+//! is judged on the events that came after it.
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
+use std::time::Instant;
+
+use serde::Serialize;
+use sextant_xds::type_url;
+
+/// The four resource types a sidecar asks for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Ty {
+    Cds,
+    Eds,
+    Lds,
+    Rds,
+}
+
+impl Ty {
+    pub const ALL: [Ty; 4] = [Ty::Cds, Ty::Eds, Ty::Lds, Ty::Rds];
+
+    pub fn of(type_url: &str) -> Option<Ty> {
+        match type_url {
+            type_url::CLUSTER => Some(Ty::Cds),
+            type_url::ENDPOINT => Some(Ty::Eds),
+            type_url::LISTENER => Some(Ty::Lds),
+            type_url::ROUTE => Some(Ty::Rds),
+            _ => None,
+        }
+    }
+
+    pub fn type_url(self) -> &'static str {
+        match self {
+            Ty::Cds => type_url::CLUSTER,
+            Ty::Eds => type_url::ENDPOINT,
+            Ty::Lds => type_url::LISTENER,
+            Ty::Rds => type_url::ROUTE,
+        }
+    }
+
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
+    /// SotW responses of these types carry every resource the proxy has:
+    /// a resource missing from one is removed.
+    pub fn full_state(self) -> bool {
+        matches!(self, Ty::Cds | Ty::Lds)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Ty::Cds => "cds",
+            Ty::Eds => "eds",
+            Ty::Lds => "lds",
+            Ty::Rds => "rds",
+        }
+    }
+}
+
+/// One response a client received and ACKed.
+#[derive(Clone, Copy, Debug)]
+pub struct Event {
+    pub client: u32,
+    pub ty: Ty,
+    pub received: Instant,
+    /// When the ACK was handed to the stream.
+    pub acked: Instant,
+    /// Protobuf size of the response.
+    pub bytes: u64,
+    pub resources: u32,
+    /// Resources new or different from what the client had.
+    pub changed: u32,
+    /// Resources the response removed (Delta `removed_resources`, or
+    /// missing from a full-state SotW response).
+    pub removed: u32,
+}
+
+impl Event {
+    /// A response that changed nothing the client had: a push it did not
+    /// need.
+    pub fn redundant(&self) -> bool {
+        self.changed == 0 && self.removed == 0
+    }
+}
+
+/// Resource names as small integers: thousands of clients hold the same
+/// names, once here instead of once per client.
+#[derive(Default)]
+pub struct Interner {
+    inner: RwLock<Names>,
+}
+
+#[derive(Default)]
+struct Names {
+    ids: HashMap<Arc<str>, u32>,
+    names: Vec<Arc<str>>,
+}
+
+impl Interner {
+    pub fn id(&self, name: &str) -> u32 {
+        if let Some(id) = self.inner.read().expect("interner").ids.get(name) {
+            return *id;
+        }
+        let mut names = self.inner.write().expect("interner");
+        if let Some(id) = names.ids.get(name) {
+            return *id;
+        }
+        let id = names.names.len() as u32;
+        let name: Arc<str> = name.into();
+        names.names.push(name.clone());
+        names.ids.insert(name, id);
+        id
+    }
+
+    pub fn name(&self, id: u32) -> Arc<str> {
+        self.inner.read().expect("interner").names[id as usize].clone()
+    }
+}
+
+/// The shared log of a run.
+pub struct Recorder {
+    pub interner: Interner,
+    events: Mutex<Vec<Event>>,
+    ready: Vec<OnceLock<Instant>>,
+    ready_count: AtomicUsize,
+    failures: Mutex<Vec<(usize, String)>>,
+}
+
+impl Recorder {
+    pub fn new(clients: usize) -> Recorder {
+        Recorder {
+            interner: Interner::default(),
+            events: Mutex::new(Vec::new()),
+            ready: (0..clients).map(|_| OnceLock::new()).collect(),
+            ready_count: AtomicUsize::new(0),
+            failures: Mutex::new(Vec::new()),
+        }
+    }
+
+    pub fn record(&self, event: Event) {
+        self.events.lock().expect("events").push(event);
+    }
+
+    /// Client `i` has its full configuration (first time only counts).
+    pub fn ready(&self, client: usize, at: Instant) {
+        if self.ready[client].set(at).is_ok() {
+            self.ready_count.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    /// How many clients the run has.
+    pub fn clients(&self) -> usize {
+        self.ready.len()
+    }
+
+    pub fn ready_count(&self) -> usize {
+        self.ready_count.load(Ordering::SeqCst)
+    }
+
+    pub fn ready_at(&self, client: usize) -> Option<Instant> {
+        self.ready[client].get().copied()
+    }
+
+    pub fn fail(&self, client: usize, error: String) {
+        tracing::warn!(client, %error, "xDS client failed");
+        self.failures
+            .lock()
+            .expect("failures")
+            .push((client, error));
+    }
+
+    pub fn failures(&self) -> Vec<(usize, String)> {
+        self.failures.lock().expect("failures").clone()
+    }
+
+    /// The number of events so far: a position to read from later.
+    pub fn position(&self) -> usize {
+        self.events.lock().expect("events").len()
+    }
+
+    /// Events from a position on.
+    pub fn since(&self, position: usize) -> Vec<Event> {
+        self.events.lock().expect("events")[position..].to_vec()
+    }
+}

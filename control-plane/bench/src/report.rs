@@ -1,0 +1,374 @@
+//! The figures of a run, as a table for people and JSON for machines, and
+//! how they compare with the targets of issue #8.
+use std::collections::BTreeMap;
+use std::fmt::Write;
+
+use serde::Serialize;
+
+use crate::client::Protocol;
+use crate::mesh::Change;
+use crate::record::Ty;
+use crate::stats::{Summary, human_bytes, human_ms};
+
+#[derive(Debug, Serialize)]
+pub struct Report {
+    pub machine: Machine,
+    pub services: usize,
+    pub proxies: usize,
+    pub protocol: Protocol,
+    pub in_process: InProcess,
+    pub full_config: FullConfig,
+    pub changes: Vec<ChangeReport>,
+    pub server: ServerReport,
+    /// CPU seconds of the bench process itself (the clients share the
+    /// machine with the server).
+    pub bench_cpu_s: f64,
+    /// The first few client failures.
+    pub client_failures: Vec<String>,
+    pub targets: Vec<Target>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Machine {
+    pub cpus: usize,
+    pub cpu_model: String,
+    pub memory_bytes: u64,
+}
+
+impl Machine {
+    pub fn this() -> Machine {
+        let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+        let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+        Machine {
+            cpus: std::thread::available_parallelism().map_or(0, |n| n.get()),
+            cpu_model: cpuinfo
+                .lines()
+                .find_map(|l| l.strip_prefix("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, m)| m.trim().to_string())
+                .unwrap_or_default(),
+            memory_bytes: meminfo
+                .lines()
+                .find_map(|l| l.strip_prefix("MemTotal:"))
+                .and_then(|l| l.split_whitespace().next())
+                .and_then(|n| n.parse::<u64>().ok())
+                .unwrap_or(0)
+                * 1024,
+        }
+    }
+}
+
+/// Figures of the pure parts, timed in the bench process.
+#[derive(Debug, Serialize)]
+pub struct InProcess {
+    /// Parsing and validating every generated object into a store.
+    pub config_parse_ms: f64,
+    /// `MeshSnapshot::build` of the whole mesh.
+    pub snapshot_build: Summary,
+    /// `IstioGenerator` for one proxy, all four types (what every push
+    /// costs per proxy).
+    pub generation_per_proxy: Summary,
+    /// One proxy's resources (count in `responses`) and their bytes.
+    pub resources_per_proxy: BTreeMap<Ty, TypeCount>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct FullConfig {
+    pub ready: usize,
+    pub failed: usize,
+    /// From the start of connecting to each proxy's ACK of its last
+    /// missing piece of CDS+EDS+LDS+RDS.
+    pub time: Summary,
+    pub bytes_per_proxy: f64,
+    pub responses: usize,
+}
+
+#[derive(Clone, Copy, Debug, Default, Serialize)]
+pub struct TypeCount {
+    pub responses: usize,
+    pub bytes: u64,
+    pub redundant: usize,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ChangeReport {
+    pub kind: Change,
+    pub changes: usize,
+    pub proxies_concerned_per_change: f64,
+    /// File write to each concerned proxy's ACK of the changed type.
+    pub convergence: Summary,
+    /// File write to the last concerned proxy's ACK, per change.
+    pub last_ack: Summary,
+    /// Concerned proxies the change never reached (within the timeout).
+    pub missed: usize,
+    pub bytes_per_change: f64,
+    pub bytes_per_proxy_concerned: f64,
+    pub responses_per_change: f64,
+    /// Responses that changed nothing the proxy had.
+    pub redundant_responses: usize,
+    /// Proxies the change did not concern that got a response anyway.
+    pub unconcerned_proxies_pushed: usize,
+    pub by_type: BTreeMap<Ty, TypeCount>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ServerReport {
+    pub pid: u32,
+    pub log: String,
+    /// CPU seconds to start and load the config.
+    pub cpu_load_s: f64,
+    /// CPU seconds from connecting until every proxy had full config.
+    pub cpu_connect_s: f64,
+    /// CPU seconds of all the changes.
+    pub cpu_changes_s: f64,
+    pub cpu_total_s: f64,
+    pub rss_after_load_bytes: u64,
+    pub rss_after_connect_bytes: u64,
+    pub peak_rss_bytes: u64,
+    /// The server's own `pilot_*` metrics at the end.
+    pub metrics: BTreeMap<String, f64>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Target {
+    pub name: String,
+    pub target: String,
+    pub measured: String,
+    pub met: bool,
+}
+
+/// The targets of issue #8 that this run measures.
+pub fn targets(report: &Report) -> Vec<Target> {
+    let mut out = Vec::new();
+    let mut add = |name: &str, target: &str, measured: String, met: bool| {
+        out.push(Target {
+            name: name.to_string(),
+            target: target.to_string(),
+            measured,
+            met,
+        })
+    };
+    let full = &report.full_config;
+    add(
+        "full config, all proxies",
+        "<= 10 s",
+        format!(
+            "{} ({} of {} ready)",
+            human_ms(full.time.max_ms),
+            full.ready,
+            report.proxies
+        ),
+        full.ready == report.proxies && full.time.max_ms <= 10_000.0,
+    );
+    for change in &report.changes {
+        let limit = match change.kind {
+            Change::VirtualService => Some(500.0),
+            Change::Endpoint => Some(300.0),
+            _ => None,
+        };
+        if let Some(limit) = limit {
+            add(
+                &format!("{} convergence p99", change.kind.as_str()),
+                &format!("< {limit} ms"),
+                human_ms(change.convergence.p99_ms),
+                change.missed == 0 && change.convergence.p99_ms < limit,
+            );
+        }
+        add(
+            &format!("{} max within 2x p99", change.kind.as_str()),
+            "max <= 2 p99",
+            format!(
+                "max {} / p99 {}",
+                human_ms(change.convergence.max_ms),
+                human_ms(change.convergence.p99_ms)
+            ),
+            change.convergence.max_within(2.0),
+        );
+        add(
+            &format!("{} needless pushes", change.kind.as_str()),
+            "0",
+            format!(
+                "{} redundant responses, {} unconcerned proxies pushed",
+                change.redundant_responses, change.unconcerned_proxies_pushed
+            ),
+            change.redundant_responses == 0 && change.unconcerned_proxies_pushed == 0,
+        );
+    }
+    add(
+        "server peak RSS",
+        "< 300 MB",
+        human_bytes(report.server.peak_rss_bytes as f64),
+        report.server.peak_rss_bytes < 300_000_000,
+    );
+    out
+}
+
+impl Report {
+    /// The human table.
+    pub fn table(&self) -> String {
+        let mut s = String::new();
+        let m = &self.machine;
+        let _ = writeln!(
+            s,
+            "sextant load run: {} services, {} proxies, {:?} — {} CPUs ({}), {} RAM",
+            self.services,
+            self.proxies,
+            self.protocol,
+            m.cpus,
+            m.cpu_model,
+            human_bytes(m.memory_bytes as f64)
+        );
+        let _ = writeln!(s);
+        let ip = &self.in_process;
+        let per_proxy: Vec<String> = ip
+            .resources_per_proxy
+            .iter()
+            .map(|(ty, c)| {
+                format!(
+                    "{} {} ({})",
+                    ty.as_str().to_uppercase(),
+                    c.responses,
+                    human_bytes(c.bytes as f64)
+                )
+            })
+            .collect();
+        let _ = writeln!(s, "one proxy's config     {}", per_proxy.join(", "));
+        let _ = writeln!(
+            s,
+            "in process             parse+validate {}; snapshot build {}; generation per proxy (4 types) {}",
+            human_ms(ip.config_parse_ms),
+            summary(&ip.snapshot_build),
+            summary(&ip.generation_per_proxy),
+        );
+        let _ = writeln!(s);
+        let f = &self.full_config;
+        let _ = writeln!(
+            s,
+            "full config            {} of {} proxies ({} failed): {}; {} per proxy, {} responses",
+            f.ready,
+            self.proxies,
+            f.failed,
+            summary(&f.time),
+            human_bytes(f.bytes_per_proxy),
+            f.responses
+        );
+        let _ = writeln!(s);
+        let _ = writeln!(
+            s,
+            "{:<22} {:>3} {:>7} {:>9} {:>9} {:>9} {:>9} {:>6} {:>10} {:>10} {:>6} {:>9} {:>11}",
+            "change",
+            "n",
+            "proxies",
+            "median",
+            "p99",
+            "max",
+            "last p50",
+            "missed",
+            "bytes/chg",
+            "bytes/prx",
+            "resp",
+            "redundant",
+            "unconcerned"
+        );
+        for c in &self.changes {
+            let _ = writeln!(
+                s,
+                "{:<22} {:>3} {:>7.0} {:>9} {:>9} {:>9} {:>9} {:>6} {:>10} {:>10} {:>6.0} {:>9} {:>11}",
+                c.kind.as_str(),
+                c.changes,
+                c.proxies_concerned_per_change,
+                human_ms(c.convergence.median_ms),
+                human_ms(c.convergence.p99_ms),
+                human_ms(c.convergence.max_ms),
+                human_ms(c.last_ack.median_ms),
+                c.missed,
+                human_bytes(c.bytes_per_change),
+                human_bytes(c.bytes_per_proxy_concerned),
+                c.responses_per_change,
+                c.redundant_responses,
+                c.unconcerned_proxies_pushed
+            );
+        }
+        for c in &self.changes {
+            let types: Vec<String> = c
+                .by_type
+                .iter()
+                .map(|(ty, t)| {
+                    format!(
+                        "{} {} resp/{} ({} redundant)",
+                        ty.as_str(),
+                        t.responses,
+                        human_bytes(t.bytes as f64),
+                        t.redundant
+                    )
+                })
+                .collect();
+            let _ = writeln!(s, "  {:<20} {}", c.kind.as_str(), types.join("; "));
+        }
+        let _ = writeln!(s);
+        let sv = &self.server;
+        let _ = writeln!(
+            s,
+            "server CPU             load {:.2} s, connect {:.2} s, changes {:.2} s, total {:.2} s",
+            sv.cpu_load_s, sv.cpu_connect_s, sv.cpu_changes_s, sv.cpu_total_s
+        );
+        let _ = writeln!(
+            s,
+            "server memory          RSS after load {}, after connect {}, peak {}",
+            human_bytes(sv.rss_after_load_bytes as f64),
+            human_bytes(sv.rss_after_connect_bytes as f64),
+            human_bytes(sv.peak_rss_bytes as f64)
+        );
+        let pushes: Vec<String> = Ty::ALL
+            .iter()
+            .filter_map(|ty| {
+                let label = format!("{{type=\"{}\"}}", ty.as_str());
+                let n = sv.metrics.get(&format!("pilot_xds_pushes_total{label}"))?;
+                let bytes = sv
+                    .metrics
+                    .get(&format!("pilot_xds_sent_bytes_total{label}"))
+                    .copied()
+                    .unwrap_or(0.0);
+                Some(format!("{} {n} ({})", ty.as_str(), human_bytes(bytes)))
+            })
+            .collect();
+        if !pushes.is_empty() {
+            let _ = writeln!(s, "server pushes          {}", pushes.join(", "));
+        }
+        let _ = writeln!(
+            s,
+            "snapshot build         not exposed by the server (no metric); in process: {}",
+            summary(&self.in_process.snapshot_build)
+        );
+        let _ = writeln!(
+            s,
+            "bench process CPU      {:.2} s (clients share the machine)",
+            self.bench_cpu_s
+        );
+        for failure in &self.client_failures {
+            let _ = writeln!(s, "client failure         {failure}");
+        }
+        let _ = writeln!(s);
+        let _ = writeln!(s, "targets");
+        for t in &self.targets {
+            let _ = writeln!(
+                s,
+                "  [{}] {:<40} {:<14} {}",
+                if t.met { " ok " } else { "MISS" },
+                t.name,
+                t.target,
+                t.measured
+            );
+        }
+        s
+    }
+}
+
+fn summary(s: &Summary) -> String {
+    format!(
+        "median {}, p99 {}, max {}",
+        human_ms(s.median_ms),
+        human_ms(s.p99_ms),
+        human_ms(s.max_ms)
+    )
+}

@@ -1,0 +1,427 @@
+//! One load run: generate the mesh, measure the pure parts in process,
+//! start the server, connect P clients, wait for full config, make changes
+//! one at a time and time their way to every proxy concerned.
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use prost::Message;
+use sextant_generate::IstioGenerator;
+use sextant_generate::mesh::MeshSnapshot;
+use sextant_xds::{Generator, Proxy, ResourceRequest};
+use tokio::sync::Semaphore;
+
+use crate::client::{self, Protocol};
+use crate::mesh::{Change, MeshSpec};
+use crate::record::{Event, Recorder, Ty};
+use crate::report::{
+    ChangeReport, FullConfig, InProcess, Machine, Report, ServerReport, TypeCount, targets,
+};
+use crate::server::{self, ServerProcess};
+use crate::stats::Summary;
+
+/// What a run does.
+#[derive(Clone, Debug)]
+pub struct RunOptions {
+    pub sextant: PathBuf,
+    pub services: usize,
+    pub proxies: usize,
+    pub protocol: Protocol,
+    /// Rounds of changes; each round makes every kind in `kinds` once.
+    pub rounds: u32,
+    pub kinds: Vec<Change>,
+    /// Connections being set up at once.
+    pub connect_concurrency: usize,
+    /// How long all proxies may take to get their full config.
+    pub connect_timeout: Duration,
+    /// How long a change may take to reach every proxy concerned.
+    pub change_timeout: Duration,
+    /// Quiet time after a change converged, to catch late or needless
+    /// pushes before the next change.
+    pub settle: Duration,
+    /// Keep the mesh and the server log here instead of a temporary dir.
+    pub keep: Option<PathBuf>,
+    /// Extra `sextant serve` arguments.
+    pub server_args: Vec<String>,
+}
+
+pub async fn run(options: RunOptions) -> anyhow::Result<Report> {
+    let spec = MeshSpec::new(options.services);
+    let temporary;
+    let work = match &options.keep {
+        Some(dir) => dir.clone(),
+        None => {
+            temporary = tempfile::Builder::new()
+                .prefix("sextant-bench")
+                .tempdir()
+                .context("creating a temporary directory")?;
+            temporary.path().to_path_buf()
+        }
+    };
+    let config_dir = work.join("config");
+    if config_dir.exists() {
+        std::fs::remove_dir_all(&config_dir)
+            .with_context(|| format!("clearing {}", config_dir.display()))?;
+    }
+    spec.write(&config_dir)?;
+    tracing::info!(dir = %config_dir.display(), services = options.services, "mesh written");
+
+    // The pure parts, before the server runs (nothing else on the CPUs).
+    let proxies = options.proxies;
+    let in_process = tokio::task::spawn_blocking(move || measure_in_process(&spec, proxies))
+        .await
+        .context("in-process measurement")??;
+    tracing::info!(
+        build_ms = in_process.snapshot_build.median_ms,
+        generate_ms = in_process.generation_per_proxy.median_ms,
+        "in-process figures"
+    );
+
+    let log = work.join("sextant.log");
+    let mut server = ServerProcess::start(&options.sextant, &config_dir, &log, &options.server_args)?;
+    server.wait_ready(Duration::from_secs(120)).await?;
+    let loaded = server.usage()?;
+    tracing::info!(pid = server.pid, xds = %server.xds_addr, cpu_s = loaded.cpu_seconds, "server ready");
+
+    let recorder = Arc::new(Recorder::new(options.proxies));
+    let url = format!("http://{}", server.xds_addr);
+    let start = Instant::now();
+    let gate = Arc::new(Semaphore::new(options.connect_concurrency.max(1)));
+    let mut tasks = Vec::with_capacity(options.proxies);
+    for i in 0..options.proxies {
+        let (gate, recorder, url) = (gate.clone(), recorder.clone(), url.clone());
+        let node = spec.node(i);
+        let protocol = options.protocol;
+        tasks.push(tokio::spawn(async move {
+            let permit = gate.acquire_owned().await;
+            let channel = client::connect(&url).await;
+            drop(permit);
+            match channel {
+                Ok(channel) => client::run(i, channel, node, protocol, recorder).await,
+                Err(e) => recorder.fail(i, format!("{e:#}")),
+            }
+        }));
+    }
+    let _abort = AbortOnDrop(tasks);
+
+    wait_for_full_config(&recorder, &mut server, options.connect_timeout, start).await?;
+    let connect_events = recorder.since(0);
+    let connected = server.usage()?;
+    let ready: Vec<Duration> = (0..options.proxies)
+        .filter_map(|i| recorder.ready_at(i).map(|at| at - start))
+        .collect();
+    let full_config = FullConfig {
+        ready: ready.len(),
+        failed: recorder.failures().len(),
+        time: Summary::of(&ready),
+        bytes_per_proxy: connect_events.iter().map(|e| e.bytes).sum::<u64>() as f64
+            / options.proxies.max(1) as f64,
+        responses: connect_events.len(),
+    };
+    tracing::info!(
+        ready = full_config.ready,
+        max_ms = full_config.time.max_ms,
+        "full config"
+    );
+    settle(&recorder, options.settle).await;
+
+    let mut samples: BTreeMap<Change, Vec<ChangeSample>> = BTreeMap::new();
+    let alive: Vec<bool> = (0..options.proxies)
+        .map(|i| recorder.ready_at(i).is_some())
+        .collect();
+    for round in 1..=options.rounds {
+        for (n, kind) in options.kinds.iter().enumerate() {
+            let k = (round as usize * 7919 + n * 31) % options.services;
+            let sample = measure_change(
+                &spec,
+                &recorder,
+                &config_dir,
+                *kind,
+                k,
+                round,
+                &alive,
+                &options,
+            )
+            .await?;
+            tracing::info!(
+                change = kind.as_str(),
+                service = k,
+                converged = sample.latencies.len(),
+                missed = sample.missed,
+                last_ms = sample.last().map(crate::stats::ms),
+                "change measured"
+            );
+            samples.entry(*kind).or_default().push(sample);
+        }
+    }
+    let changed = server.usage()?;
+    let metrics = server.metrics().await.unwrap_or_else(|e| {
+        tracing::warn!("could not read /metrics: {e:#}");
+        BTreeMap::new()
+    });
+    let failures = recorder.failures();
+    server.stop();
+
+    let changes: Vec<ChangeReport> = samples
+        .iter()
+        .map(|(kind, samples)| change_report(*kind, samples))
+        .collect();
+    let server_report = ServerReport {
+        pid: server.pid,
+        log: log.display().to_string(),
+        cpu_load_s: loaded.cpu_seconds,
+        cpu_connect_s: connected.cpu_seconds - loaded.cpu_seconds,
+        cpu_changes_s: changed.cpu_seconds - connected.cpu_seconds,
+        cpu_total_s: changed.cpu_seconds,
+        rss_after_load_bytes: loaded.rss_bytes,
+        rss_after_connect_bytes: connected.rss_bytes,
+        peak_rss_bytes: changed.peak_rss_bytes,
+        metrics,
+    };
+    let mut report = Report {
+        machine: Machine::this(),
+        services: options.services,
+        proxies: options.proxies,
+        protocol: options.protocol,
+        in_process,
+        full_config,
+        changes,
+        server: server_report,
+        bench_cpu_s: server::own_usage().map(|u| u.cpu_seconds).unwrap_or(0.0),
+        client_failures: failures
+            .iter()
+            .take(10)
+            .map(|(i, e)| format!("proxy {i}: {e}"))
+            .collect(),
+        targets: Vec::new(),
+    };
+    report.targets = targets(&report);
+    Ok(report)
+}
+
+/// Aborts the client tasks when the run ends.
+struct AbortOnDrop(Vec<tokio::task::JoinHandle<()>>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        for task in &self.0 {
+            task.abort();
+        }
+    }
+}
+
+async fn wait_for_full_config(
+    recorder: &Recorder,
+    server: &mut ServerProcess,
+    timeout: Duration,
+    start: Instant,
+) -> anyhow::Result<()> {
+    let total = recorder.clients();
+    let mut report_at = Instant::now() + Duration::from_secs(5);
+    loop {
+        let (ready, failed) = (recorder.ready_count(), recorder.failures().len());
+        if ready + failed >= total {
+            return Ok(());
+        }
+        if !server.running() {
+            anyhow::bail!("the server exited; see {}", server.log.display());
+        }
+        if start.elapsed() > timeout {
+            tracing::warn!(
+                ready,
+                failed,
+                total,
+                "not every proxy got its full config within {timeout:?}"
+            );
+            return Ok(());
+        }
+        if Instant::now() > report_at {
+            tracing::info!(ready, failed, total, elapsed_s = start.elapsed().as_secs(), "connecting");
+            report_at += Duration::from_secs(5);
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// Waits until no response has arrived for `quiet` (at most 10 quiet
+/// periods).
+async fn settle(recorder: &Recorder, quiet: Duration) {
+    let deadline = Instant::now() + quiet * 10;
+    let mut seen = recorder.position();
+    let mut since = Instant::now();
+    while Instant::now() < deadline {
+        tokio::time::sleep(quiet / 10).await;
+        let now = recorder.position();
+        if now != seen {
+            seen = now;
+            since = Instant::now();
+        } else if since.elapsed() >= quiet {
+            return;
+        }
+    }
+}
+
+/// One change and what followed it.
+pub(crate) struct ChangeSample {
+    /// File write to the ACK of the changed type, per proxy concerned.
+    pub latencies: Vec<Duration>,
+    /// Proxies concerned that never got the change.
+    pub missed: usize,
+    /// Every response from the write until things were quiet again.
+    pub events: Vec<Event>,
+    /// Proxies the change did not concern.
+    pub unconcerned: BTreeSet<u32>,
+}
+
+impl ChangeSample {
+    pub fn last(&self) -> Option<Duration> {
+        self.latencies.iter().max().copied()
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn measure_change(
+    spec: &MeshSpec,
+    recorder: &Recorder,
+    config_dir: &std::path::Path,
+    kind: Change,
+    k: usize,
+    revision: u32,
+    alive: &[bool],
+    options: &RunOptions,
+) -> anyhow::Result<ChangeSample> {
+    let ty = Ty::of(kind.type_url()).expect("a known type");
+    let concerned: Vec<bool> = (0..alive.len())
+        .map(|i| alive[i] && kind.concerns(spec, k, i))
+        .collect();
+    let unconcerned: BTreeSet<u32> = (0..alive.len())
+        .filter(|i| alive[*i] && !concerned[*i])
+        .map(|i| i as u32)
+        .collect();
+    let expected = concerned.iter().filter(|c| **c).count();
+    let position = recorder.position();
+    let written = Instant::now();
+    kind.apply(spec, config_dir, k, revision)?;
+
+    let mut reached: BTreeMap<u32, Instant> = BTreeMap::new();
+    let mut cursor = position;
+    while reached.len() < expected && written.elapsed() < options.change_timeout {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        let events = recorder.since(cursor);
+        cursor += events.len();
+        for e in events {
+            if e.ty == ty && !e.redundant() && concerned[e.client as usize] {
+                reached.entry(e.client).or_insert(e.acked);
+            }
+        }
+    }
+    settle(recorder, options.settle).await;
+    Ok(ChangeSample {
+        latencies: reached.values().map(|at| *at - written).collect(),
+        missed: expected - reached.len(),
+        events: recorder.since(position),
+        unconcerned,
+    })
+}
+
+fn change_report(kind: Change, samples: &[ChangeSample]) -> ChangeReport {
+    let latencies: Vec<Duration> = samples.iter().flat_map(|s| s.latencies.clone()).collect();
+    let last: Vec<Duration> = samples.iter().filter_map(ChangeSample::last).collect();
+    let n = samples.len().max(1) as f64;
+    let events = || samples.iter().flat_map(|s| s.events.iter());
+    let bytes: u64 = events().map(|e| e.bytes).sum();
+    let mut by_type: BTreeMap<Ty, TypeCount> = BTreeMap::new();
+    for e in events() {
+        let t = by_type.entry(e.ty).or_default();
+        t.responses += 1;
+        t.bytes += e.bytes;
+        if e.redundant() {
+            t.redundant += 1;
+        }
+    }
+    let unconcerned_pushed: usize = samples
+        .iter()
+        .map(|s| {
+            s.events
+                .iter()
+                .filter(|e| s.unconcerned.contains(&e.client))
+                .map(|e| e.client)
+                .collect::<BTreeSet<u32>>()
+                .len()
+        })
+        .sum();
+    let concerned: usize = samples.iter().map(|s| s.latencies.len() + s.missed).sum();
+    ChangeReport {
+        kind,
+        changes: samples.len(),
+        proxies_concerned_per_change: concerned as f64 / n,
+        convergence: Summary::of(&latencies),
+        last_ack: Summary::of(&last),
+        missed: samples.iter().map(|s| s.missed).sum(),
+        bytes_per_change: bytes as f64 / n,
+        bytes_per_proxy_concerned: if concerned > 0 {
+            bytes as f64 / concerned as f64
+        } else {
+            0.0
+        },
+        responses_per_change: events().count() as f64 / n,
+        redundant_responses: events().filter(|e| e.redundant()).count(),
+        unconcerned_proxies_pushed: unconcerned_pushed,
+        by_type,
+    }
+}
+
+/// Snapshot build and per-proxy generation, timed in this process on the
+/// same mesh, and the size of one proxy's config.
+fn measure_in_process(spec: &MeshSpec, proxies: usize) -> anyhow::Result<InProcess> {
+    let parse_start = Instant::now();
+    let config = spec.config_snapshot()?;
+    let parse = parse_start.elapsed();
+    let mut builds = Vec::new();
+    let mut mesh = None;
+    for _ in 0..5 {
+        let input = config.clone();
+        let t = Instant::now();
+        let built = MeshSnapshot::build(input);
+        builds.push(t.elapsed());
+        mesh = Some(built);
+    }
+    let mesh = mesh.expect("built");
+    let mut generation = Vec::new();
+    let mut per_type: BTreeMap<Ty, TypeCount> = BTreeMap::new();
+    let sample = (0..proxies.max(1)).step_by((proxies / 10).max(1)).take(10);
+    for (n, i) in sample.enumerate() {
+        let proxy = Proxy::from_node(Some(&spec.node(i))).context("parsing the node")?;
+        let t = Instant::now();
+        let mut generated = Vec::new();
+        for ty in Ty::ALL {
+            let resources = IstioGenerator
+                .generate(
+                    &mesh,
+                    &proxy,
+                    &ResourceRequest {
+                        type_url: ty.type_url(),
+                        names: None,
+                    },
+                )
+                .map_err(|e| anyhow::anyhow!("generating {}: {e}", ty.as_str()))?;
+            generated.push((ty, resources));
+        }
+        generation.push(t.elapsed());
+        if n == 0 {
+            for (ty, resources) in generated {
+                let t = per_type.entry(ty).or_default();
+                t.responses = resources.len();
+                t.bytes = resources.iter().map(|r| r.body.encoded_len() as u64).sum();
+            }
+        }
+    }
+    Ok(InProcess {
+        config_parse_ms: crate::stats::ms(parse),
+        snapshot_build: Summary::of(&builds),
+        generation_per_proxy: Summary::of(&generation),
+        resources_per_proxy: per_type,
+    })
+}
