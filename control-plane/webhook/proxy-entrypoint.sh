@@ -21,7 +21,8 @@
 # POD_NAME, POD_NAMESPACE, INSTANCE_IP, SERVICE_ACCOUNT, DISCOVERY_ADDRESS,
 # CA_ADDR, TRUST_DOMAIN, CLUSTER_DOMAIN, ISTIO_META_CLUSTER_ID,
 # ISTIO_META_INTERCEPTION_MODE, and the pod's labels from the downward API
-# file /etc/istio/pod/labels.
+# file /etc/istio/pod/labels. XDS_TLS (true, false, auto: TLS unless the
+# port is 15010) overrides how Envoy reaches DISCOVERY_ADDRESS.
 set -eu
 
 SEXTANT=${SEXTANT_BIN:-sextant}
@@ -101,13 +102,30 @@ case "$INSTANCE_IP" in
     *) ip_version=v4 ;;
 esac
 
-# The CA's TLS name is its address's host.
-ca_host=${CA_ADDR#*://}
-ca_host=${ca_host%:*}
+# The host of HOST:PORT (or of a URL), brackets of an IPv6 address removed:
+# the name a server's certificate must carry.
+host_of() {
+    host=${1#*://}
+    host=${host%:*}
+    host=${host#[}
+    printf '%s' "${host%]}"
+}
+ca_host=$(host_of "$CA_ADDR")
 
-mkdir -p "$CONFIG_DIR"
-bootstrap="$CONFIG_DIR/envoy.yaml"
-"$SEXTANT" bootstrap \
+# xDS goes over mTLS (workload certificate from the agent) except on
+# istiod's plaintext port 15010, unless XDS_TLS says otherwise.
+case "${XDS_TLS:-auto}" in
+    auto)
+        case "$DISCOVERY_ADDRESS" in
+            *:15010) xds_tls=false ;;
+            *) xds_tls=true ;;
+        esac
+        ;;
+    true | false) xds_tls=$XDS_TLS ;;
+    *) die "XDS_TLS must be true, false or auto, not $XDS_TLS" ;;
+esac
+
+set -- \
     --node-id "sidecar~$INSTANCE_IP~$POD_NAME.$POD_NAMESPACE~$POD_NAMESPACE.svc.$CLUSTER_DOMAIN" \
     --pod-name "$POD_NAME" \
     --namespace "$POD_NAMESPACE" \
@@ -118,10 +136,16 @@ bootstrap="$CONFIG_DIR/envoy.yaml"
     --cluster-id "$CLUSTER_ID" \
     --interception-mode "$INTERCEPTION_MODE" \
     --admin-port "$ADMIN_PORT" \
-    --sds-socket "$SDS_SOCKET" \
-    >"$bootstrap.tmp" || die "sextant bootstrap failed"
+    --sds-socket "$SDS_SOCKET"
+if [ "$xds_tls" = true ]; then
+    set -- "$@" --xds-tls --xds-server-name "$(host_of "$DISCOVERY_ADDRESS")"
+fi
+
+mkdir -p "$CONFIG_DIR"
+bootstrap="$CONFIG_DIR/envoy.yaml"
+"$SEXTANT" bootstrap "$@" >"$bootstrap.tmp" || die "sextant bootstrap failed"
 mv "$bootstrap.tmp" "$bootstrap"
-log "wrote $bootstrap for $POD_NAMESPACE/$POD_NAME ($INSTANCE_IP), xDS at $DISCOVERY_ADDRESS"
+log "wrote $bootstrap for $POD_NAMESPACE/$POD_NAME ($INSTANCE_IP), xDS at $DISCOVERY_ADDRESS (TLS: $xds_tls)"
 
 "$SEXTANT" agent \
     --ca-addr "$CA_ADDR" \

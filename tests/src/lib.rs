@@ -12,6 +12,7 @@
 //! `make test`); `sextant` is built with `cargo build -p sextant` unless
 //! `SEXTANT_BIN` names one.
 pub mod local_mesh;
+pub mod netns;
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
@@ -211,6 +212,10 @@ impl Drop for Process {
 /// `sextant serve` on loopback, following a config directory.
 pub struct Sextant {
     generator: String,
+    /// The CA's files, when Sextant runs its CA (`--ca-dir`).
+    ca: Option<CaFiles>,
+    /// The TLS port (xDS with client certificates, and the CA), with a CA.
+    pub tls_addr: Option<SocketAddr>,
     process: Option<Process>,
     pub config_dir: PathBuf,
     pub xds_addr: SocketAddr,
@@ -230,8 +235,23 @@ impl Sextant {
     /// Starts with a given generator (`istio`, or `passthrough` for the
     /// protocol tests that must not depend on Istio's translation).
     pub fn start_with(config_dir: &Path, generator: &str) -> Sextant {
+        Sextant::launch(config_dir, generator, None)
+    }
+
+    /// Starts with its CA (keys in `ca.dir`, created on first start, bearer
+    /// tokens from `ca.token_file`) and the TLS port.
+    pub fn start_with_ca(config_dir: &Path, ca: CaFiles) -> Sextant {
+        Sextant::launch(config_dir, "istio", Some(ca))
+    }
+
+    fn launch(config_dir: &Path, generator: &str, ca: Option<CaFiles>) -> Sextant {
+        let tls_addr = ca
+            .as_ref()
+            .map(|_| SocketAddr::from(([127, 0, 0, 1], free_port())));
         let mut sextant = Sextant {
             generator: generator.to_string(),
+            ca,
+            tls_addr,
             process: None,
             config_dir: config_dir.to_path_buf(),
             xds_addr: SocketAddr::from(([127, 0, 0, 1], free_port())),
@@ -256,23 +276,29 @@ impl Sextant {
         self.log = self
             .log_base
             .with_extension(format!("sextant-{}.log", self.starts));
-        let process = Process::spawn(
-            Command::new(sextant_bin())
-                .arg("serve")
-                .arg("--config-dir")
-                .arg(&self.config_dir)
-                .arg("--admin-addr")
-                .arg(self.admin_addr.to_string())
-                .arg("--xds-addr")
-                .arg(self.xds_addr.to_string())
-                .args(["--debounce-quiet", "100ms", "--debounce-max", "1s"])
-                .args(["--generator", &self.generator])
-                .env("RUST_LOG", "info,sextant_xds=debug"),
-            &self.log,
-        )
-        .expect("starting sextant");
+        let mut command = Command::new(sextant_bin());
+        command
+            .arg("serve")
+            .arg("--config-dir")
+            .arg(&self.config_dir)
+            .arg("--admin-addr")
+            .arg(self.admin_addr.to_string())
+            .arg("--xds-addr")
+            .arg(self.xds_addr.to_string())
+            .args(["--debounce-quiet", "100ms", "--debounce-max", "1s"])
+            .args(["--generator", &self.generator])
+            .env("RUST_LOG", "info,sextant_xds=debug");
+        if let (Some(ca), Some(tls)) = (&self.ca, self.tls_addr) {
+            command
+                .arg("--ca-dir")
+                .arg(&ca.dir)
+                .arg("--ca-token-file")
+                .arg(&ca.token_file)
+                .args(["--xds-tls-addr", &tls.to_string()]);
+        }
+        let process = Process::spawn(&mut command, &self.log).expect("starting sextant");
         self.process = Some(process);
-        let (admin, xds) = (self.admin_addr, self.xds_addr);
+        let (admin, xds, tls) = (self.admin_addr, self.xds_addr, self.tls_addr);
         let logs = self.logs_fn();
         let process = self.process.as_mut().expect("just started");
         wait_for(
@@ -283,9 +309,10 @@ impl Sextant {
                     bail!("sextant exited");
                 }
                 let (status, _) = http_get(admin, "/ready", None)?;
-                Ok((status == 200
-                    && TcpStream::connect_timeout(&xds, Duration::from_secs(2)).is_ok())
-                .then_some(()))
+                let up = |addr: &SocketAddr| {
+                    TcpStream::connect_timeout(addr, Duration::from_secs(2)).is_ok()
+                };
+                Ok((status == 200 && up(&xds) && tls.as_ref().is_none_or(up)).then_some(()))
             },
             logs,
         );
@@ -293,6 +320,11 @@ impl Sextant {
 
     pub fn logs(&self) -> String {
         self.logs_fn()()
+    }
+
+    /// The CA's files, if Sextant runs its CA.
+    pub fn ca(&self) -> Option<&CaFiles> {
+        self.ca.as_ref()
     }
 
     fn logs_fn(&self) -> impl Fn() -> String + use<> {
@@ -328,6 +360,21 @@ impl Sextant {
     /// ConfigMap update would.
     pub fn write_config(&self, name: &str, yaml: &str) {
         write_config(&self.config_dir, name, yaml);
+    }
+}
+
+/// Where Sextant's CA keeps its keys, and the bearer tokens it accepts.
+#[derive(Clone, Debug)]
+pub struct CaFiles {
+    pub dir: PathBuf,
+    pub token_file: PathBuf,
+}
+
+impl CaFiles {
+    /// The root certificate the CA created in its directory (what agents
+    /// trust).
+    pub fn root_cert(&self) -> PathBuf {
+        self.dir.join("ca-cert.pem")
     }
 }
 

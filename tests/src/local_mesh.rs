@@ -19,6 +19,14 @@
 //! namespace istio-system) with IP 127.0.0.100: a Gateway's server port 80
 //! binds 127.0.0.100:80.
 //!
+//! With [`MeshOptions::mtls`], Sextant runs its CA (keys in `DIR/ca`), every
+//! Envoy has a `sextant agent` beside it (SDS on a Unix socket, its key made
+//! locally, a certificate for `spiffe://cluster.local/ns/NS/sa/SA` got with a
+//! bearer token and renewed with the certificate), Envoys fetch xDS over TLS
+//! with that certificate, and WorkloadEntries carry
+//! `security.istio.io/tlsMode: istio`, so traffic between sidecars is mutual
+//! TLS (Istio's auto mTLS) and inbound ports accept both (PERMISSIVE).
+//!
 //! Every process is killed when the [`Mesh`] drops; every wait is bounded.
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Write};
@@ -31,7 +39,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, anyhow, bail};
 use serde_json::Value;
 
-use crate::{Sextant, TIMEOUT, envoy_bin, http_get, sextant_bin, tail, wait_for, write_config};
+use crate::{
+    CaFiles, Sextant, TIMEOUT, envoy_bin, http_get, sextant_bin, tail, wait_for, write_config,
+};
 
 /// Every service's port (BookInfo's).
 pub const SERVICE_PORT: u16 = 9080;
@@ -140,6 +150,27 @@ pub struct MeshOptions {
     pub dir: Option<PathBuf>,
     /// Config files (name, YAML) written before Sextant starts.
     pub files: Vec<(String, String)>,
+    /// Mutual TLS between the proxies: the CA, an agent per Envoy, xDS over
+    /// TLS.
+    pub mtls: Option<MtlsOptions>,
+}
+
+/// The workload certificates of an mTLS mesh.
+#[derive(Clone, Debug)]
+pub struct MtlsOptions {
+    /// The certificates' TTL (`sextant agent --cert-ttl`).
+    pub cert_ttl: String,
+    /// Rotation at this fraction of the lifetime.
+    pub rotate_at: f64,
+}
+
+impl Default for MtlsOptions {
+    fn default() -> Self {
+        MtlsOptions {
+            cert_ttl: "24h".into(),
+            rotate_at: 0.5,
+        }
+    }
 }
 
 impl MeshOptions {
@@ -150,7 +181,23 @@ impl MeshOptions {
             gateway: false,
             dir: None,
             files: Vec::new(),
+            mtls: None,
         }
+    }
+
+    /// Mutual TLS between the proxies (see the module docs).
+    pub fn mtls(mut self) -> MeshOptions {
+        self.mtls = Some(MtlsOptions::default());
+        self
+    }
+
+    /// Mutual TLS with certificates of this TTL (`30s`, `1h`).
+    pub fn mtls_with_ttl(mut self, ttl: &str) -> MeshOptions {
+        self.mtls = Some(MtlsOptions {
+            cert_ttl: ttl.into(),
+            ..MtlsOptions::default()
+        });
+        self
     }
 
     /// BookInfo: productpage v1 (calling details and reviews), details v1,
@@ -231,6 +278,12 @@ impl Drop for Killed {
 /// An Envoy of the mesh (a sidecar or the gateway).
 pub struct MeshProxy {
     process: Killed,
+    /// The `sextant agent` beside it, in an mTLS mesh (dropped after Envoy).
+    agent: Option<Killed>,
+    /// Where the agent also writes the certificate it serves
+    /// (`cert-chain.pem`, `key.pem`, `root-cert.pem`), in an mTLS mesh.
+    pub certs_dir: Option<PathBuf>,
+    pub agent_log: Option<PathBuf>,
     /// The workload name (`reviews-v2`) or `istio-ingressgateway`.
     pub name: String,
     pub node_id: String,
@@ -288,12 +341,25 @@ impl MeshProxy {
     }
 
     fn logs(&self, lines: usize) -> String {
-        format!(
+        let mut out = format!(
             "--- envoy {} log ({}) ---\n{}",
             self.name,
             self.log.display(),
             tail(&self.log, lines)
-        )
+        );
+        if let Some(log) = &self.agent_log {
+            out.push_str(&format!(
+                "\n--- agent {} log ---\n{}",
+                self.name,
+                tail(log, 10)
+            ));
+        }
+        out
+    }
+
+    /// Whether the agent beside this Envoy is still running (an mTLS mesh).
+    pub fn agent_exited(&self) -> Option<std::process::ExitStatus> {
+        self.agent.as_ref().and_then(Killed::exited)
     }
 }
 
@@ -339,6 +405,7 @@ pub struct Mesh {
     pub gateway: Option<MeshProxy>,
     pub workloads: Vec<Workload>,
     pub sextant: Sextant,
+    pub mtls: Option<MtlsOptions>,
     /// The config dir Sextant follows (the registry is in `_mesh/` below it).
     pub config_dir: PathBuf,
     pub log_dir: PathBuf,
@@ -347,7 +414,7 @@ pub struct Mesh {
 
 /// The registry as Istio config: `(file name, YAML)` for every service and
 /// workload.
-pub fn registry_files(base: u8, workloads: &[WorkloadSpec]) -> Vec<(String, String)> {
+pub fn registry_files(base: u8, workloads: &[WorkloadSpec], mtls: bool) -> Vec<(String, String)> {
     let mut files = Vec::new();
     let apps: BTreeSet<&str> = workloads.iter().map(|w| w.app.as_str()).collect();
     for app in apps {
@@ -355,7 +422,10 @@ pub fn registry_files(base: u8, workloads: &[WorkloadSpec]) -> Vec<(String, Stri
     }
     for (i, w) in workloads.iter().enumerate() {
         let x = base + i as u8;
-        files.push((format!("workload-{}.yaml", w.name()), workload_config(w, x)));
+        files.push((
+            format!("workload-{}.yaml", w.name()),
+            workload_config(w, x, mtls),
+        ));
     }
     files
 }
@@ -384,8 +454,15 @@ spec:
     )
 }
 
-/// The WorkloadEntry and the Sidecar of workload number `x`.
-pub fn workload_config(w: &WorkloadSpec, x: u8) -> String {
+/// The WorkloadEntry and the Sidecar of workload number `x`; with `mtls`
+/// the workload is labelled as having a sidecar with a certificate
+/// (`security.istio.io/tlsMode: istio`, as Istio's injector labels pods).
+pub fn workload_config(w: &WorkloadSpec, x: u8, mtls: bool) -> String {
+    let tls_label = if mtls {
+        "\n    security.istio.io/tlsMode: istio"
+    } else {
+        ""
+    };
     let (name, app, version) = (w.name(), &w.app, &w.version);
     let ip = workload_ip(x);
     let egress = egress_addr(x).ip();
@@ -400,7 +477,7 @@ spec:
   address: {ip}
   labels:
     app: {app}
-    version: {version}
+    version: {version}{tls_label}
   serviceAccount: bookinfo-{app}
 ---
 apiVersion: networking.istio.io/v1
@@ -429,6 +506,39 @@ spec:
     - "./*"
 "#
     )
+}
+
+/// The gateway's service account, as in an Istio installation.
+pub const GATEWAY_SERVICE_ACCOUNT: &str = "istio-ingressgateway-service-account";
+
+/// The bearer token of an identity in the local mesh's CA token file.
+fn token_of(namespace: &str, service_account: &str) -> String {
+    format!("local-mesh-token-{namespace}-{service_account}")
+}
+
+/// The CA's token file: one token per identity of the mesh (every
+/// workload's service account, and the gateway's).
+fn token_file(options: &MeshOptions) -> String {
+    let mut identities: BTreeSet<(String, String)> = options
+        .workloads
+        .iter()
+        .map(|w| (NAMESPACE.to_string(), format!("bookinfo-{}", w.app)))
+        .collect();
+    if options.gateway {
+        identities.insert((
+            GATEWAY_NAMESPACE.to_string(),
+            GATEWAY_SERVICE_ACCOUNT.to_string(),
+        ));
+    }
+    identities
+        .iter()
+        .map(|(ns, sa)| {
+            format!(
+                "{}: {{namespace: {ns}, serviceAccount: {sa}}}\n",
+                token_of(ns, sa)
+            )
+        })
+        .collect()
 }
 
 /// Fails clearly when an address the mesh needs is taken or not allowed.
@@ -504,15 +614,27 @@ impl Mesh {
         }
         std::fs::create_dir_all(&registry)?;
         std::fs::create_dir_all(&log_dir)?;
-        for (name, yaml) in registry_files(options.base, &options.workloads) {
+        for (name, yaml) in registry_files(options.base, &options.workloads, options.mtls.is_some())
+        {
             write_config(&registry, &name, &yaml);
         }
         for (name, yaml) in &options.files {
             write_config(&config_dir, name, yaml);
         }
 
-        let sextant = Sextant::start(&config_dir);
+        let sextant = match &options.mtls {
+            Some(_) => {
+                let ca = CaFiles {
+                    dir: root.join("ca"),
+                    token_file: root.join("ca-tokens.yaml"),
+                };
+                std::fs::write(&ca.token_file, token_file(&options))?;
+                Sextant::start_with_ca(&config_dir, ca)
+            }
+            None => Sextant::start(&config_dir),
+        };
         let mut mesh = Mesh {
+            mtls: options.mtls.clone(),
             gateway: None,
             workloads: Vec::new(),
             sextant,
@@ -528,6 +650,7 @@ impl Mesh {
             let gateway = mesh.start_proxy(
                 "istio-ingressgateway",
                 GATEWAY_IP,
+                (GATEWAY_NAMESPACE, GATEWAY_SERVICE_ACCOUNT),
                 &[
                     "--gateway",
                     "--pod-name",
@@ -537,7 +660,7 @@ impl Mesh {
                     "--labels",
                     "istio=ingressgateway,app=istio-ingressgateway",
                     "--service-account",
-                    "istio-ingressgateway-service-account",
+                    GATEWAY_SERVICE_ACCOUNT,
                 ],
             )?;
             mesh.gateway = Some(gateway);
@@ -569,6 +692,7 @@ impl Mesh {
         let proxy = self.start_proxy(
             &name,
             ip,
+            (NAMESPACE, &service_account),
             &[
                 "--node-id",
                 &node_id,
@@ -596,25 +720,82 @@ impl Mesh {
         })
     }
 
-    /// `sextant bootstrap` with `flags`, then Envoy; returns once its admin
-    /// address is known.
-    fn start_proxy(&self, name: &str, ip: Ipv4Addr, flags: &[&str]) -> Result<MeshProxy> {
-        let output = Command::new(sextant_bin())
+    /// In an mTLS mesh, the agent first (once it serves a certificate);
+    /// then `sextant bootstrap` with `flags`, then Envoy; returns once its
+    /// admin address is known.
+    fn start_proxy(
+        &self,
+        name: &str,
+        ip: Ipv4Addr,
+        (namespace, service_account): (&str, &str),
+        flags: &[&str],
+    ) -> Result<MeshProxy> {
+        let dir = self.log_dir.join(format!("envoy-{name}"));
+        std::fs::create_dir_all(&dir)?;
+        let mut bootstrap = Command::new(sextant_bin());
+        bootstrap
             .arg("bootstrap")
             .args(flags)
             .args(["--ip", &ip.to_string()])
-            .args(["--xds-addr", &self.sextant.xds_addr.to_string()])
-            .args(["--admin-address", "127.0.0.1", "--admin-port", "0"])
-            .output()
-            .context("running sextant bootstrap")?;
+            .args(["--admin-address", "127.0.0.1", "--admin-port", "0"]);
+        let (agent, certs_dir, agent_log) = match (&self.mtls, self.sextant.ca(), self.sextant.tls_addr)
+        {
+            (Some(mtls), Some(ca), Some(tls)) => {
+                let socket = dir.join("sds.sock");
+                let certs = dir.join("certs");
+                let token = dir.join("token");
+                std::fs::write(&token, token_of(namespace, service_account))?;
+                let log = self.log_dir.join(format!("agent-{name}.log"));
+                let agent = Killed::spawn(
+                    Command::new(sextant_bin())
+                        .arg("agent")
+                        .args(["--ca-addr", &format!("https://{tls}")])
+                        .arg("--ca-root-cert")
+                        .arg(ca.root_cert())
+                        .arg("--token-file")
+                        .arg(&token)
+                        .args(["--namespace", namespace])
+                        .args(["--service-account", service_account])
+                        .arg("--sds-socket")
+                        .arg(&socket)
+                        .arg("--output-dir")
+                        .arg(&certs)
+                        .args(["--cert-ttl", &mtls.cert_ttl])
+                        .args(["--rotate-at", &mtls.rotate_at.to_string()])
+                        .env("RUST_LOG", "info"),
+                    &log,
+                )?;
+                wait_for(
+                    &format!("{name}'s agent to serve a certificate"),
+                    TIMEOUT,
+                    || {
+                        if let Some(status) = agent.exited() {
+                            bail!("the agent of {name} exited ({status})");
+                        }
+                        Ok((socket.exists() && certs.join("cert-chain.pem").exists())
+                            .then_some(()))
+                    },
+                    || format!("--- agent {name} log ---\n{}", tail(&log, 30)),
+                );
+                bootstrap
+                    .arg("--sds-socket")
+                    .arg(&socket)
+                    .arg("--xds-tls")
+                    .args(["--xds-addr", &tls.to_string()]);
+                (Some(agent), Some(certs), Some(log))
+            }
+            _ => {
+                bootstrap.args(["--xds-addr", &self.sextant.xds_addr.to_string()]);
+                (None, None, None)
+            }
+        };
+        let output = bootstrap.output().context("running sextant bootstrap")?;
         if !output.status.success() {
             bail!(
                 "sextant bootstrap {flags:?} failed: {}",
                 String::from_utf8_lossy(&output.stderr)
             );
         }
-        let dir = self.log_dir.join(format!("envoy-{name}"));
-        std::fs::create_dir_all(&dir)?;
         let config = dir.join("bootstrap.yaml");
         std::fs::write(&config, &output.stdout)?;
         let node_id = String::from_utf8_lossy(&output.stdout)
@@ -656,6 +837,9 @@ impl Mesh {
         );
         Ok(MeshProxy {
             process,
+            agent,
+            certs_dir,
+            agent_log,
             name: name.to_string(),
             node_id,
             ip,
@@ -784,6 +968,9 @@ impl Mesh {
         for p in self.proxies() {
             if let Some(status) = p.process.exited() {
                 bail!("envoy {} exited ({status}):\n{}", p.name, tail(&p.log, 40));
+            }
+            if let (Some(status), Some(log)) = (p.agent_exited(), &p.agent_log) {
+                bail!("the agent of {} exited ({status}):\n{}", p.name, tail(log, 40));
             }
         }
         Ok(())
@@ -1224,6 +1411,7 @@ mod tests {
                 WorkloadSpec::new("reviews", "v1"),
                 WorkloadSpec::new("reviews", "v2"),
             ],
+            false,
         );
         let names: Vec<&str> = files.iter().map(|(n, _)| n.as_str()).collect();
         assert_eq!(

@@ -174,15 +174,23 @@ pub fn targets(report: &Report) -> Vec<Target> {
                 change.missed == 0 && change.convergence.p99_ms < limit,
             );
         }
+        let reached = change.convergence.count > 0;
         add(
             &format!("{} max within 2x p99", change.kind.as_str()),
             "max <= 2 p99",
-            format!(
-                "max {} / p99 {}",
-                human_ms(change.convergence.max_ms),
-                human_ms(change.convergence.p99_ms)
-            ),
-            change.convergence.max_within(2.0),
+            if reached {
+                format!(
+                    "max {} / p99 {}",
+                    human_ms(change.convergence.max_ms),
+                    human_ms(change.convergence.p99_ms)
+                )
+            } else {
+                format!(
+                    "never reached a proxy ({} concerned missed it)",
+                    change.missed
+                )
+            },
+            reached && change.convergence.max_within(2.0),
         );
         add(
             &format!("{} needless pushes", change.kind.as_str()),

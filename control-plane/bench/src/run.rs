@@ -104,7 +104,7 @@ pub async fn run(options: RunOptions) -> anyhow::Result<Report> {
             }
         }));
     }
-    let _abort = AbortOnDrop(tasks);
+    let clients = AbortOnDrop(tasks);
 
     wait_for_full_config(&recorder, &mut server, options.connect_timeout, start).await?;
     let connect_events = recorder.since(0);
@@ -162,6 +162,8 @@ pub async fn run(options: RunOptions) -> anyhow::Result<Report> {
         BTreeMap::new()
     });
     let failures = recorder.failures();
+    // The clients go first: a server that stops under them is no failure.
+    drop(clients);
     server.stop();
 
     let changes: Vec<ChangeReport> = samples

@@ -38,10 +38,13 @@ impl Credential {
     }
 }
 
+/// Credentials by (namespace, name).
+type Credentials = BTreeMap<(String, String), Arc<Credential>>;
+
 /// Credentials by (namespace, name), shared between the watcher and SDS.
 #[derive(Clone, Debug)]
 pub struct SecretIndex {
-    inner: Arc<RwLock<BTreeMap<(String, String), Arc<Credential>>>>,
+    inner: Arc<RwLock<Credentials>>,
     version: Arc<watch::Sender<u64>>,
 }
 

@@ -296,7 +296,6 @@ async fn invalid_objects_get_status() -> FakeApi {
 
     // The written status comes back as a watch event: no second write.
     settle(&fake).await;
-    eprintln!("DEBUG pending={:?} patches={}", run.handles.status.pending(), status_patches(&fake, "ratings-bad-regex").len());
     assert!(run.handles.status.pending().is_empty());
     assert_eq!(status_patches(&fake, "ratings-bad-regex").len(), 1);
     assert_eq!(status_patches(&fake, "details-typo").len(), 1);

@@ -142,6 +142,12 @@ fn render(args: &BootstrapArgs) -> anyhow::Result<String> {
     if !args.labels.is_empty() {
         metadata.insert("LABELS".into(), json!(args.labels));
     }
+    if args.sds_socket.is_some() {
+        // Tells the generators this proxy has an agent serving its
+        // certificate over SDS: only then do they give it mutual TLS (a
+        // proxy without one would wait forever for the `default` secret).
+        metadata.insert("SEXTANT_SDS".into(), json!("true"));
+    }
     let app = args.labels.get("app").unwrap_or(&args.pod_name);
     let ads_cluster = "xds-grpc";
     let mut xds_cluster = json!({
@@ -333,6 +339,7 @@ mod tests {
         assert_eq!(md["SERVICE_ACCOUNT"].as_str(), Some("cart"));
         assert_eq!(md["INSTANCE_IPS"].as_str(), Some("127.0.0.7"));
         assert_eq!(md["LABELS"]["version"].as_str(), Some("v2"));
+        assert!(md["SEXTANT_SDS"].is_null(), "no agent, no SDS");
         assert_eq!(
             b["dynamic_resources"]["ads_config"]["api_type"].as_str(),
             Some("GRPC")
@@ -406,6 +413,7 @@ mod tests {
                 .is_null(),
             "gRPC needs HTTP/2"
         );
+        assert_eq!(b["node"]["metadata"]["SEXTANT_SDS"].as_str(), Some("true"));
         // Without --xds-tls, xDS stays plaintext on 15010.
         let xds = cluster(&b, "xds-grpc").unwrap();
         assert!(xds["transport_socket"].is_null());

@@ -1,6 +1,7 @@
 //! `sextant`: the control plane binary. Subcommands: `serve` (the control
 //! plane), `validate` (istioctl validate), `crds` (print the CRDs) and
-//! `bootstrap` (an Envoy bootstrap for one proxy).
+//! `bootstrap` (an Envoy bootstrap for one proxy), `agent` (the node agent
+//! beside each Envoy).
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -34,6 +35,10 @@ enum Command {
     Crds,
     /// Print an Envoy bootstrap (YAML) for one proxy.
     Bootstrap(bootstrap::BootstrapArgs),
+    /// The node agent beside an Envoy (Istio's pilot-agent): makes the
+    /// workload key, gets it signed by the CA, serves it to Envoy over SDS on
+    /// a Unix socket and rotates it before it expires.
+    Agent(sextant_agent::AgentArgs),
 }
 
 fn main() -> ExitCode {
@@ -49,6 +54,10 @@ fn main() -> ExitCode {
             Ok(())
         }
         Command::Bootstrap(args) => bootstrap::run(args),
+        Command::Agent(args) => {
+            init_tracing();
+            sextant_agent::run(args)
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -119,7 +119,10 @@ pub fn mutate(
     let is_pod = request.kind.group.is_empty() && request.kind.kind == "Pod";
     if !is_pod
         || request.operation != Operation::Create
-        || request.sub_resource.as_deref().is_some_and(|s| !s.is_empty())
+        || request
+            .sub_resource
+            .as_deref()
+            .is_some_and(|s| !s.is_empty())
     {
         return response;
     }

@@ -11,8 +11,8 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
-use kube::core::DynamicObject;
 use base64::Engine;
+use kube::core::DynamicObject;
 use kube::core::admission::{AdmissionResponse, AdmissionReview};
 use serde_json::Value;
 
@@ -61,14 +61,14 @@ pub fn router(state: WebhookState) -> Router {
 async fn validate(body: Bytes) -> Response {
     match review(&body) {
         Ok(review) => answer(validation::validate(review)),
-        Err(response) => response,
+        Err(message) => bad_request(message),
     }
 }
 
 async fn inject(State(state): State<WebhookState>, body: Bytes) -> Response {
     let review = match review(&body) {
         Ok(review) => review,
-        Err(response) => return response,
+        Err(message) => return bad_request(message),
     };
     let namespace = review
         .request
@@ -93,22 +93,22 @@ fn answer(response: AdmissionResponse) -> Response {
                 .into_response();
         }
     };
-    if let Some(patch) = value.pointer_mut("/response/patch") {
-        if let Ok(bytes) = serde_json::from_value::<Vec<u8>>(patch.clone()) {
-            *patch = Value::String(base64::engine::general_purpose::STANDARD.encode(bytes));
-        }
+    if let Some(patch) = value.pointer_mut("/response/patch")
+        && let Ok(bytes) = serde_json::from_value::<Vec<u8>>(patch.clone())
+    {
+        *patch = Value::String(base64::engine::general_purpose::STANDARD.encode(bytes));
     }
     axum::Json(value).into_response()
 }
 
-/// The request body as an AdmissionReview, or a 400 saying why not.
-fn review(body: &[u8]) -> Result<AdmissionReview<DynamicObject>, Response> {
+/// The request body as an AdmissionReview, or why not (answered with 400).
+fn review(body: &[u8]) -> Result<AdmissionReview<DynamicObject>, String> {
     serde_json::from_slice(body).map_err(|e| {
         tracing::warn!(error = %e, "request is not an AdmissionReview");
-        (
-            StatusCode::BAD_REQUEST,
-            format!("the body is not an admission.k8s.io/v1 AdmissionReview: {e}"),
-        )
-            .into_response()
+        format!("the body is not an admission.k8s.io/v1 AdmissionReview: {e}")
     })
+}
+
+fn bad_request(message: String) -> Response {
+    (StatusCode::BAD_REQUEST, message).into_response()
 }

@@ -6,8 +6,8 @@
 //! Only single-object rules apply here: the webhook sees one object, so the
 //! cross-object analysis of `sextant validate` (unknown subsets, conflicting
 //! hosts...) stays with the controller's status conditions.
-use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview, Operation};
 use kube::core::DynamicObject;
+use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview, Operation};
 use serde_json::Value;
 use sextant_config::object::{self, Group};
 use sextant_config::validation;
@@ -44,7 +44,10 @@ pub fn validate(review: AdmissionReview<DynamicObject>) -> AdmissionResponse {
         return response;
     }
     if !matches!(request.operation, Operation::Create | Operation::Update)
-        || request.sub_resource.as_deref().is_some_and(|s| !s.is_empty())
+        || request
+            .sub_resource
+            .as_deref()
+            .is_some_and(|s| !s.is_empty())
     {
         return response;
     }

@@ -47,7 +47,10 @@ fn the_productpage_deployment_gets_the_sidecar_and_the_rest_is_untouched() {
     let inputs: Vec<&str> = input.split("---\n").collect();
     assert_eq!(inputs.len(), 3);
     assert!(output.starts_with(inputs[0]), "{output}");
-    assert!(output.contains(&format!("---\n{}---\n", inputs[1])), "{output}");
+    assert!(
+        output.contains(&format!("---\n{}---\n", inputs[1])),
+        "{output}"
+    );
 
     let docs = documents(&output);
     assert_eq!(docs.len(), 3);
@@ -67,7 +70,10 @@ fn the_productpage_deployment_gets_the_sidecar_and_the_rest_is_untouched() {
         .flatten()
         .map(|v| v.name.as_str())
         .collect();
-    assert!(volumes.starts_with(&["tmp", "workload-socket"]), "{volumes:?}");
+    assert!(
+        volumes.starts_with(&["tmp", "workload-socket"]),
+        "{volumes:?}"
+    );
     assert!(volumes.contains(&"istio-token") && volumes.contains(&"istiod-ca-cert"));
 
     let meta = template.metadata.as_ref().unwrap();
@@ -80,7 +86,10 @@ fn the_productpage_deployment_gets_the_sidecar_and_the_rest_is_untouched() {
     assert_eq!(annotations["prometheus.io/port"], "9080");
 
     let proxy = &spec.containers[1];
-    assert_eq!(env(proxy, "ISTIO_META_WORKLOAD_NAME"), Some("productpage-v1"));
+    assert_eq!(
+        env(proxy, "ISTIO_META_WORKLOAD_NAME"),
+        Some("productpage-v1")
+    );
     // No namespace in the file: the owner cannot be named.
     assert_eq!(env(proxy, "ISTIO_META_OWNER"), None);
 }
@@ -195,7 +204,10 @@ items:
     assert_eq!(proxy_in(&docs[4]["spec"]["template"]), expect("migrate"));
     assert_eq!(proxy_in(&docs[5]["spec"]["template"]), expect("rs"));
     assert_eq!(proxy_in(&docs[6]), expect("sleep"));
-    assert_eq!(proxy_in(&docs[7]["items"][0]["spec"]["template"]), expect("listed"));
+    assert_eq!(
+        proxy_in(&docs[7]["items"][0]["spec"]["template"]),
+        expect("listed")
+    );
     assert_eq!(docs[7]["items"][1]["kind"], Value::from("Service"));
 
     // The owner is named when the namespace is known.
@@ -205,11 +217,13 @@ items:
         env(&statefulset.containers[1], "ISTIO_META_OWNER"),
         Some("kubernetes://apis/apps/v1/namespaces/data/statefulsets/db")
     );
-    let cron: PodSpec = serde_yaml::from_value(
-        docs[3]["spec"]["jobTemplate"]["spec"]["template"]["spec"].clone(),
-    )
-    .unwrap();
-    assert_eq!(env(&cron.containers[1], "ISTIO_META_WORKLOAD_NAME"), Some("backup"));
+    let cron: PodSpec =
+        serde_yaml::from_value(docs[3]["spec"]["jobTemplate"]["spec"]["template"]["spec"].clone())
+            .unwrap();
+    assert_eq!(
+        env(&cron.containers[1], "ISTIO_META_WORKLOAD_NAME"),
+        Some("backup")
+    );
 }
 
 #[test]
@@ -230,14 +244,20 @@ fn errors_name_the_document_and_the_object() {
         "        traffic.sidecar.istio.io/excludeInboundPorts: \"ssh\"\n",
     );
     let err = inject_yaml(&bad_annotation, &config).unwrap_err();
-    assert!(matches!(&err, InjectError::Document { document: 3, .. }), "{err:?}");
+    assert!(
+        matches!(&err, InjectError::Document { document: 3, .. }),
+        "{err:?}"
+    );
     assert_eq!(
         err.to_string(),
         "document 3 (Deployment productpage-v1): annotation traffic.sidecar.istio.io/excludeInboundPorts: \"ssh\": \"ssh\" is not a port (1-65535)"
     );
 
     let err = inject_yaml("kind: ConfigMap\n---\nkey: [unclosed\n", &config).unwrap_err();
-    assert!(err.to_string().starts_with("document 2: invalid YAML"), "{err}");
+    assert!(
+        err.to_string().starts_with("document 2: invalid YAML"),
+        "{err}"
+    );
 
     let old = "apiVersion: extensions/v1beta1\nkind: Deployment\nmetadata: {name: old}\nspec: {}\n";
     let err = inject_yaml(old, &config).unwrap_err();
@@ -251,7 +271,9 @@ fn pod(yaml: &str) -> Pod {
 #[test]
 fn inject_pod_is_idempotent_and_refuses_conflicts() {
     let config = common::config();
-    let sleep = pod("metadata: {name: sleep, namespace: default}\nspec:\n  containers: [{name: sleep, image: curl}]\n");
+    let sleep = pod(
+        "metadata: {name: sleep, namespace: default}\nspec:\n  containers: [{name: sleep, image: curl}]\n",
+    );
     let once = inject_pod(&sleep, &config).unwrap();
     assert_ne!(once, sleep);
     assert_eq!(inject_pod(&once, &config).unwrap(), once);
@@ -259,7 +281,9 @@ fn inject_pod_is_idempotent_and_refuses_conflicts() {
     let host = pod("spec:\n  hostNetwork: true\n  containers: [{name: node-exporter, image: x}]\n");
     assert_eq!(inject_pod(&host, &config).unwrap(), host);
 
-    let conflict = pod("metadata: {name: p}\nspec:\n  containers: [{name: app, image: x}, {name: istio-proxy, image: y}]\n");
+    let conflict = pod(
+        "metadata: {name: p}\nspec:\n  containers: [{name: app, image: x}, {name: istio-proxy, image: y}]\n",
+    );
     let err = inject_pod(&conflict, &config).unwrap_err();
     assert_eq!(
         err,
@@ -268,12 +292,17 @@ fn inject_pod_is_idempotent_and_refuses_conflicts() {
             name: "istio-proxy".into()
         }
     );
-    let volume = pod("metadata: {name: p}\nspec:\n  containers: [{name: app, image: x}]\n  volumes: [{name: istio-envoy, emptyDir: {}}]\n");
+    let volume = pod(
+        "metadata: {name: p}\nspec:\n  containers: [{name: app, image: x}]\n  volumes: [{name: istio-envoy, emptyDir: {}}]\n",
+    );
     assert!(matches!(
         inject_pod(&volume, &config),
         Err(InjectError::Conflict { what: "volume", .. })
     ));
-    assert_eq!(inject_pod(&Pod::default(), &config), Err(InjectError::NoSpec));
+    assert_eq!(
+        inject_pod(&Pod::default(), &config),
+        Err(InjectError::NoSpec)
+    );
 }
 
 #[test]
@@ -283,7 +312,10 @@ fn proxy_image_annotation_overrides_the_image() {
     );
     let injected = inject_pod(&p, &common::config()).unwrap();
     let spec = injected.spec.unwrap();
-    assert_eq!(spec.containers[1].image.as_deref(), Some("registry.local/proxy:dev"));
+    assert_eq!(
+        spec.containers[1].image.as_deref(),
+        Some("registry.local/proxy:dev")
+    );
     assert_eq!(
         spec.init_containers.unwrap()[0].image.as_deref(),
         Some("registry.local/proxy:dev")

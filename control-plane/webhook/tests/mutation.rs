@@ -14,7 +14,10 @@ use sextant_webhook::{InjectConfig, mutate};
 const UID: &str = "e911857d-c318-11e8-bbad-025000000001";
 
 fn enabled() -> BTreeMap<String, String> {
-    common::labels(&[("istio-injection", "enabled"), ("kubernetes.io/metadata.name", "bookinfo")])
+    common::labels(&[
+        ("istio-injection", "enabled"),
+        ("kubernetes.io/metadata.name", "bookinfo"),
+    ])
 }
 
 /// The pod fixture with `edit` applied to its raw JSON.
@@ -103,14 +106,29 @@ fn a_pod_in_an_injection_enabled_namespace_gets_the_sidecar() {
     );
     let proxy = container(&spec.containers, PROXY_CONTAINER);
     assert_eq!(proxy.image.as_deref(), Some(common::PROXY_IMAGE));
-    assert_eq!(proxy.command.as_deref(), Some(&[PROXY_ENTRYPOINT.to_string()][..]));
+    assert_eq!(
+        proxy.command.as_deref(),
+        Some(&[PROXY_ENTRYPOINT.to_string()][..])
+    );
     let port = &proxy.ports.as_ref().unwrap()[0];
-    assert_eq!((port.container_port, port.name.as_deref()), (15090, Some("http-envoy-prom")));
-    let probe = proxy.readiness_probe.as_ref().unwrap().http_get.as_ref().unwrap();
+    assert_eq!(
+        (port.container_port, port.name.as_deref()),
+        (15090, Some("http-envoy-prom"))
+    );
+    let probe = proxy
+        .readiness_probe
+        .as_ref()
+        .unwrap()
+        .http_get
+        .as_ref()
+        .unwrap();
     assert_eq!(probe.path.as_deref(), Some("/healthz/ready"));
     assert_eq!(serde_json::to_value(&probe.port).unwrap(), json!(15021));
     let security = proxy.security_context.as_ref().unwrap();
-    assert_eq!((security.run_as_user, security.run_as_group), (Some(1337), Some(1337)));
+    assert_eq!(
+        (security.run_as_user, security.run_as_group),
+        (Some(1337), Some(1337))
+    );
     assert_eq!(security.run_as_non_root, Some(true));
     let resources = proxy.resources.as_ref().unwrap();
     assert_eq!(resources.requests.as_ref().unwrap()["cpu"].0, "100m");
@@ -118,29 +136,53 @@ fn a_pod_in_an_injection_enabled_namespace_gets_the_sidecar() {
 
     // Downward API and mesh settings.
     let field = |name: &str| {
-        proxy.env.iter().flatten().find(|e| e.name == name).and_then(|e| {
-            e.value_from
-                .as_ref()
-                .and_then(|v| v.field_ref.as_ref())
-                .map(|f| f.field_path.clone())
-        })
+        proxy
+            .env
+            .iter()
+            .flatten()
+            .find(|e| e.name == name)
+            .and_then(|e| {
+                e.value_from
+                    .as_ref()
+                    .and_then(|v| v.field_ref.as_ref())
+                    .map(|f| f.field_path.clone())
+            })
     };
     assert_eq!(field("POD_NAME").as_deref(), Some("metadata.name"));
-    assert_eq!(field("POD_NAMESPACE").as_deref(), Some("metadata.namespace"));
+    assert_eq!(
+        field("POD_NAMESPACE").as_deref(),
+        Some("metadata.namespace")
+    );
     assert_eq!(field("INSTANCE_IP").as_deref(), Some("status.podIP"));
-    assert_eq!(field("SERVICE_ACCOUNT").as_deref(), Some("spec.serviceAccountName"));
-    assert_eq!(env(proxy, "DISCOVERY_ADDRESS"), Some("istiod.istio-system.svc:15012"));
-    assert_eq!(env(proxy, "CA_ADDR"), Some("https://istiod.istio-system.svc:15012"));
+    assert_eq!(
+        field("SERVICE_ACCOUNT").as_deref(),
+        Some("spec.serviceAccountName")
+    );
+    assert_eq!(
+        env(proxy, "DISCOVERY_ADDRESS"),
+        Some("istiod.istio-system.svc:15012")
+    );
+    assert_eq!(
+        env(proxy, "CA_ADDR"),
+        Some("https://istiod.istio-system.svc:15012")
+    );
     assert_eq!(env(proxy, "TRUST_DOMAIN"), Some("cluster.local"));
-    assert_eq!(env(proxy, "ISTIO_META_WORKLOAD_NAME"), Some("productpage-v1"));
+    assert_eq!(
+        env(proxy, "ISTIO_META_WORKLOAD_NAME"),
+        Some("productpage-v1")
+    );
     assert_eq!(
         env(proxy, "ISTIO_META_OWNER"),
         Some("kubernetes://apis/apps/v1/namespaces/bookinfo/deployments/productpage-v1")
     );
     assert_eq!(env(proxy, "ISTIO_META_APP_CONTAINERS"), Some("productpage"));
     assert_eq!(env(proxy, "ISTIO_META_INTERCEPTION_MODE"), Some("REDIRECT"));
-    let pod_ports: Value = serde_json::from_str(env(proxy, "ISTIO_META_POD_PORTS").unwrap()).unwrap();
-    assert_eq!(pod_ports, json!([{"containerPort": 9080, "protocol": "TCP"}]));
+    let pod_ports: Value =
+        serde_json::from_str(env(proxy, "ISTIO_META_POD_PORTS").unwrap()).unwrap();
+    assert_eq!(
+        pod_ports,
+        json!([{"containerPort": 9080, "protocol": "TCP"}])
+    );
     let mounts: Vec<(&str, &str)> = proxy
         .volume_mounts
         .iter()
@@ -161,17 +203,46 @@ fn a_pod_in_an_injection_enabled_namespace_gets_the_sidecar() {
     // The init container, with Istio's default capture.
     let init = spec.init_containers.as_ref().unwrap();
     assert_eq!(init.len(), 1);
-    assert_eq!(init[0].command.as_deref(), Some(&["/usr/local/bin/sextant-iptables".to_string()][..]));
+    assert_eq!(
+        init[0].command.as_deref(),
+        Some(&["/usr/local/bin/sextant-iptables".to_string()][..])
+    );
     assert_eq!(
         init_args(&pod),
         [
-            "-p", "15001", "-z", "15006", "-u", "1337", "-m", "REDIRECT", "-i", "*", "-x", "",
-            "-b", "*", "-d", "15090,15021,15020"
+            "-p",
+            "15001",
+            "-z",
+            "15006",
+            "-u",
+            "1337",
+            "-m",
+            "REDIRECT",
+            "-i",
+            "*",
+            "-x",
+            "",
+            "-b",
+            "*",
+            "-d",
+            "15090,15021,15020"
         ]
     );
-    let caps = init[0].security_context.as_ref().unwrap().capabilities.as_ref().unwrap();
-    assert_eq!(caps.add.as_deref(), Some(&["NET_ADMIN".to_string(), "NET_RAW".to_string()][..]));
-    assert_eq!(init[0].security_context.as_ref().unwrap().run_as_user, Some(0));
+    let caps = init[0]
+        .security_context
+        .as_ref()
+        .unwrap()
+        .capabilities
+        .as_ref()
+        .unwrap();
+    assert_eq!(
+        caps.add.as_deref(),
+        Some(&["NET_ADMIN".to_string(), "NET_RAW".to_string()][..])
+    );
+    assert_eq!(
+        init[0].security_context.as_ref().unwrap().run_as_user,
+        Some(0)
+    );
 
     // Volumes: the pod's own, then the sidecar's.
     let volumes = spec.volumes.as_ref().unwrap();
@@ -189,13 +260,27 @@ fn a_pod_in_an_injection_enabled_namespace_gets_the_sidecar() {
             "istiod-ca-cert"
         ]
     );
-    let volume = |name: &str| raw["spec"]["volumes"].as_array().unwrap().iter().find(|v| v["name"] == name).unwrap().clone();
-    assert_eq!(volume("istio-envoy")["emptyDir"], json!({"medium": "Memory"}));
+    let volume = |name: &str| {
+        raw["spec"]["volumes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["name"] == name)
+            .unwrap()
+            .clone()
+    };
+    assert_eq!(
+        volume("istio-envoy")["emptyDir"],
+        json!({"medium": "Memory"})
+    );
     assert_eq!(
         volume("istio-token")["projected"]["sources"][0]["serviceAccountToken"],
         json!({"audience": "istio-ca", "expirationSeconds": 43200, "path": "istio-token"})
     );
-    assert_eq!(volume("istiod-ca-cert")["configMap"]["name"], "istio-ca-root-cert");
+    assert_eq!(
+        volume("istiod-ca-cert")["configMap"]["name"],
+        "istio-ca-root-cert"
+    );
 
     // Labels and annotations.
     let labels = pod.metadata.labels.as_ref().unwrap();
@@ -215,12 +300,25 @@ fn a_pod_in_an_injection_enabled_namespace_gets_the_sidecar() {
             "revision": "default",
         })
     );
-    assert_eq!(annotations["kubectl.kubernetes.io/default-container"], "productpage");
+    assert_eq!(
+        annotations["kubectl.kubernetes.io/default-container"],
+        "productpage"
+    );
 
     // Nothing else of the original object changed (managedFields, status,
     // fields set by admission plugins).
-    for pointer in ["/metadata/managedFields", "/metadata/ownerReferences", "/status", "/spec/tolerations", "/spec/preemptionPolicy"] {
-        assert_eq!(raw.pointer(pointer), original["request"]["object"].pointer(pointer), "{pointer}");
+    for pointer in [
+        "/metadata/managedFields",
+        "/metadata/ownerReferences",
+        "/status",
+        "/spec/tolerations",
+        "/spec/preemptionPolicy",
+    ] {
+        assert_eq!(
+            raw.pointer(pointer),
+            original["request"]["object"].pointer(pointer),
+            "{pointer}"
+        );
     }
 }
 
@@ -240,17 +338,38 @@ fn the_pods_own_opt_out_wins_over_the_namespace() {
 #[test]
 fn injection_policy_follows_istios_selectors() {
     let config = common::config();
-    let opted_in = pod_review(|pod| pod["metadata"]["labels"]["sidecar.istio.io/inject"] = json!("true"));
+    let opted_in =
+        pod_review(|pod| pod["metadata"]["labels"]["sidecar.istio.io/inject"] = json!("true"));
     let plain = common::json("pod-create.json");
     let none = BTreeMap::new();
     let disabled = common::labels(&[("istio-injection", "disabled")]);
     let revision = common::labels(&[("istio.io/rev", "default")]);
     let cases = [
-        (&plain, Some(&none), false, "unlabelled namespace, plain pod"),
+        (
+            &plain,
+            Some(&none),
+            false,
+            "unlabelled namespace, plain pod",
+        ),
         (&opted_in, Some(&none), true, "pod label opts in"),
-        (&opted_in, Some(&disabled), false, "namespace disabled wins over the pod label"),
-        (&plain, Some(&revision), true, "namespace labelled with our revision"),
-        (&plain, None, true, "unknown namespace: the webhook selectors already chose"),
+        (
+            &opted_in,
+            Some(&disabled),
+            false,
+            "namespace disabled wins over the pod label",
+        ),
+        (
+            &plain,
+            Some(&revision),
+            true,
+            "namespace labelled with our revision",
+        ),
+        (
+            &plain,
+            None,
+            true,
+            "unknown namespace: the webhook selectors already chose",
+        ),
     ];
     for (value, namespace, injected, case) in cases {
         let response = answer(value, &config, namespace);
@@ -288,16 +407,28 @@ fn traffic_annotations_reach_the_init_container() {
         ("traffic.sidecar.istio.io/includeInboundPorts", "9080"),
         ("traffic.sidecar.istio.io/excludeOutboundPorts", "3306,6379"),
         ("traffic.sidecar.istio.io/includeOutboundPorts", "443"),
-        ("traffic.sidecar.istio.io/excludeOutboundIPRanges", "10.96.0.0/12,169.254.169.254/32"),
-        ("traffic.sidecar.istio.io/includeOutboundIPRanges", "10.0.0.0/8"),
+        (
+            "traffic.sidecar.istio.io/excludeOutboundIPRanges",
+            "10.96.0.0/12,169.254.169.254/32",
+        ),
+        (
+            "traffic.sidecar.istio.io/includeOutboundIPRanges",
+            "10.0.0.0/8",
+        ),
         ("traffic.sidecar.istio.io/excludeInterfaces", "eth1"),
     ]));
     let args = init_args(&pod);
-    assert_eq!(flag(&args, "-d").as_deref(), Some("15090,15021,15020,8081,8082"));
+    assert_eq!(
+        flag(&args, "-d").as_deref(),
+        Some("15090,15021,15020,8081,8082")
+    );
     assert_eq!(flag(&args, "-b").as_deref(), Some("9080"));
     assert_eq!(flag(&args, "-o").as_deref(), Some("3306,6379"));
     assert_eq!(flag(&args, "-q").as_deref(), Some("443"));
-    assert_eq!(flag(&args, "-x").as_deref(), Some("10.96.0.0/12,169.254.169.254/32"));
+    assert_eq!(
+        flag(&args, "-x").as_deref(),
+        Some("10.96.0.0/12,169.254.169.254/32")
+    );
     assert_eq!(flag(&args, "-i").as_deref(), Some("10.0.0.0/8"));
     assert_eq!(flag(&args, "-c").as_deref(), Some("eth1"));
 }
@@ -305,19 +436,49 @@ fn traffic_annotations_reach_the_init_container() {
 #[test]
 fn invalid_annotations_deny_the_pod_naming_the_annotation() {
     for (annotation, value, expected) in [
-        ("traffic.sidecar.istio.io/excludeOutboundPorts", "mysql", "\"mysql\" is not a port"),
-        ("traffic.sidecar.istio.io/includeOutboundIPRanges", "10.0.0.1", "not a CIDR"),
-        ("sidecar.istio.io/interceptionMode", "redirect", "REDIRECT, TPROXY or NONE"),
-        ("sidecar.istio.io/proxyMemory", "1 gig", "not a Kubernetes quantity"),
-        ("proxy.istio.io/config", "holdApplicationUntilProxyStarts: yes please", "true or false"),
-        ("traffic.sidecar.istio.io/kubevirtInterfaces", "net1", "not supported"),
+        (
+            "traffic.sidecar.istio.io/excludeOutboundPorts",
+            "mysql",
+            "\"mysql\" is not a port",
+        ),
+        (
+            "traffic.sidecar.istio.io/includeOutboundIPRanges",
+            "10.0.0.1",
+            "not a CIDR",
+        ),
+        (
+            "sidecar.istio.io/interceptionMode",
+            "redirect",
+            "REDIRECT, TPROXY or NONE",
+        ),
+        (
+            "sidecar.istio.io/proxyMemory",
+            "1 gig",
+            "not a Kubernetes quantity",
+        ),
+        (
+            "proxy.istio.io/config",
+            "holdApplicationUntilProxyStarts: yes please",
+            "true or false",
+        ),
+        (
+            "traffic.sidecar.istio.io/kubevirtInterfaces",
+            "net1",
+            "not supported",
+        ),
     ] {
-        let response = answer(&annotate(&[(annotation, value)]), &common::config(), Some(&enabled()));
+        let response = answer(
+            &annotate(&[(annotation, value)]),
+            &common::config(),
+            Some(&enabled()),
+        );
         assert!(!response.allowed, "{annotation}");
         assert_eq!(response.uid, UID);
         let message = &response.result.message;
         assert!(
-            message.starts_with(&format!("sidecar injection failed: annotation {annotation}: ")),
+            message.starts_with(&format!(
+                "sidecar injection failed: annotation {annotation}: "
+            )),
             "{message}"
         );
         assert!(message.contains(expected), "{message}");
@@ -331,7 +492,10 @@ fn resource_annotations_replace_the_defaults() {
         ("sidecar.istio.io/proxyMemoryLimit", "256Mi"),
     ]));
     let spec = pod.spec.as_ref().unwrap();
-    let resources = container(&spec.containers, PROXY_CONTAINER).resources.clone().unwrap();
+    let resources = container(&spec.containers, PROXY_CONTAINER)
+        .resources
+        .clone()
+        .unwrap();
     let requests = resources.requests.unwrap();
     let limits = resources.limits.unwrap();
     assert_eq!(requests.len(), 1);
@@ -342,12 +506,21 @@ fn resource_annotations_replace_the_defaults() {
 
 #[test]
 fn hold_application_until_proxy_starts_puts_the_proxy_first() {
-    let value = annotate(&[("proxy.istio.io/config", "holdApplicationUntilProxyStarts: true\n")]);
+    let value = annotate(&[(
+        "proxy.istio.io/config",
+        "holdApplicationUntilProxyStarts: true\n",
+    )]);
     let (raw, pod) = inject(&value);
     let spec = pod.spec.as_ref().unwrap();
     let names: Vec<&str> = spec.containers.iter().map(|c| c.name.as_str()).collect();
     assert_eq!(names, [PROXY_CONTAINER, "productpage"]);
-    let hook = spec.containers[0].lifecycle.as_ref().unwrap().post_start.as_ref().unwrap();
+    let hook = spec.containers[0]
+        .lifecycle
+        .as_ref()
+        .unwrap()
+        .post_start
+        .as_ref()
+        .unwrap();
     assert_eq!(
         hook.exec.as_ref().unwrap().command.as_deref(),
         Some(&[PROXY_ENTRYPOINT.to_string(), "wait".to_string()][..])
@@ -357,18 +530,28 @@ fn hold_application_until_proxy_starts_puts_the_proxy_first() {
         raw["spec"]["containers"][1],
         value["request"]["object"]["spec"]["containers"][0]
     );
-    let proxy_config: Value = serde_json::from_str(env(&spec.containers[0], "PROXY_CONFIG").unwrap()).unwrap();
+    let proxy_config: Value =
+        serde_json::from_str(env(&spec.containers[0], "PROXY_CONFIG").unwrap()).unwrap();
     assert_eq!(proxy_config["holdApplicationUntilProxyStarts"], true);
 }
 
 #[test]
 fn tproxy_runs_envoy_with_net_admin() {
-    let (_, pod) = inject(&annotate(&[("sidecar.istio.io/interceptionMode", "TPROXY")]));
+    let (_, pod) = inject(&annotate(&[(
+        "sidecar.istio.io/interceptionMode",
+        "TPROXY",
+    )]));
     let spec = pod.spec.as_ref().unwrap();
-    let security = container(&spec.containers, PROXY_CONTAINER).security_context.clone().unwrap();
+    let security = container(&spec.containers, PROXY_CONTAINER)
+        .security_context
+        .clone()
+        .unwrap();
     assert_eq!(security.run_as_user, Some(0));
     assert_eq!(security.run_as_group, Some(1337));
-    assert_eq!(security.capabilities.unwrap().add, Some(vec!["NET_ADMIN".to_string()]));
+    assert_eq!(
+        security.capabilities.unwrap().add,
+        Some(vec!["NET_ADMIN".to_string()])
+    );
     assert_eq!(flag(&init_args(&pod), "-m").as_deref(), Some("TPROXY"));
 }
 
@@ -405,18 +588,30 @@ fn mesh_settings_come_from_the_config() {
     let pod: Pod = serde_json::from_value(patched(&value, &response)).unwrap();
     let spec = pod.spec.as_ref().unwrap();
     let proxy = container(&spec.containers, PROXY_CONTAINER);
-    assert_eq!(env(proxy, "DISCOVERY_ADDRESS"), Some("sextant.sextant-system.svc:15012"));
-    assert_eq!(env(proxy, "CA_ADDR"), Some("http://sextant.sextant-system.svc:15010"));
+    assert_eq!(
+        env(proxy, "DISCOVERY_ADDRESS"),
+        Some("sextant.sextant-system.svc:15012")
+    );
+    assert_eq!(
+        env(proxy, "CA_ADDR"),
+        Some("http://sextant.sextant-system.svc:15010")
+    );
     assert_eq!(env(proxy, "TRUST_DOMAIN"), Some("example.org"));
     assert_eq!(env(proxy, "ISTIO_META_MESH_ID"), Some("example.org"));
     assert_eq!(proxy.image_pull_policy.as_deref(), Some("IfNotPresent"));
-    assert_eq!(flag(&init_args(&pod), "-x").as_deref(), Some("169.254.169.254/32"));
+    assert_eq!(
+        flag(&init_args(&pod), "-x").as_deref(),
+        Some("169.254.169.254/32")
+    );
 
     config.exclude_inbound_ports = "http".into();
     let response = answer(&value, &config, Some(&enabled()));
     assert!(!response.allowed);
     assert!(
-        response.result.message.contains("injection setting exclude_inbound_ports"),
+        response
+            .result
+            .message
+            .contains("injection setting exclude_inbound_ports"),
         "{}",
         response.result.message
     );

@@ -81,7 +81,11 @@ fn both_scripts_parse() {
                 continue;
             }
             let out = run(Command::new(shell).arg("-n").arg(script(name)));
-            assert!(out.status.success(), "{shell} -n {name}: {}", text(&out.stderr));
+            assert!(
+                out.status.success(),
+                "{shell} -n {name}: {}",
+                text(&out.stderr)
+            );
         }
     }
 }
@@ -130,8 +134,14 @@ fn annotated_exclusions_and_inclusions_are_applied_in_order() {
         ("traffic.sidecar.istio.io/includeInboundPorts", "9080,9443"),
         ("traffic.sidecar.istio.io/excludeOutboundPorts", "3306"),
         ("traffic.sidecar.istio.io/includeOutboundPorts", "8443"),
-        ("traffic.sidecar.istio.io/excludeOutboundIPRanges", "10.96.0.0/12,fd00::/8"),
-        ("traffic.sidecar.istio.io/includeOutboundIPRanges", "10.0.0.0/8"),
+        (
+            "traffic.sidecar.istio.io/excludeOutboundIPRanges",
+            "10.96.0.0/12,fd00::/8",
+        ),
+        (
+            "traffic.sidecar.istio.io/includeOutboundIPRanges",
+            "10.0.0.0/8",
+        ),
     ]);
     args.push("-n".into());
     let out = iptables_sh(&args);
@@ -153,7 +163,10 @@ fn annotated_exclusions_and_inclusions_are_applied_in_order() {
     assert!(excluded_port < owner && owner < excluded_range);
     assert!(excluded_range < included_port && included_port < included_range);
     assert_eq!(nat.last().unwrap(), "-A ISTIO_OUTPUT -j RETURN");
-    assert!(!nat.iter().any(|l| l.contains("fd00::")), "IPv6 ranges are not IPv4 rules");
+    assert!(
+        !nat.iter().any(|l| l.contains("fd00::")),
+        "IPv6 ranges are not IPv4 rules"
+    );
 }
 
 #[test]
@@ -170,9 +183,16 @@ fn tproxy_captures_inbound_in_the_mangle_table() {
         "-A ISTIO_INBOUND -p tcp -j ISTIO_TPROXY",
         "-A ISTIO_TPROXY ! -d 127.0.0.1/32 -p tcp -j TPROXY --tproxy-mark 1337/0xffffffff --on-port 15006",
     ] {
-        assert!(mangle.iter().any(|l| l == rule), "{rule:?} not in {mangle:#?}");
+        assert!(
+            mangle.iter().any(|l| l == rule),
+            "{rule:?} not in {mangle:#?}"
+        );
     }
-    assert!(!table(&stdout, "nat").iter().any(|l| l.contains("PREROUTING")));
+    assert!(
+        !table(&stdout, "nat")
+            .iter()
+            .any(|l| l.contains("PREROUTING"))
+    );
     assert!(stdout.contains("ip -f inet rule add fwmark 1337 lookup 133"));
 }
 
@@ -190,7 +210,11 @@ fn bad_flags_are_refused_and_none_does_nothing() {
         let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
         let out = iptables_sh(&args);
         assert!(!out.status.success(), "{args:?} succeeded");
-        assert!(text(&out.stderr).contains(expected), "{args:?}: {}", text(&out.stderr));
+        assert!(
+            text(&out.stderr).contains(expected),
+            "{args:?}: {}",
+            text(&out.stderr)
+        );
     }
     let out = iptables_sh(&["-m".into(), "NONE".into()]);
     assert!(out.status.success());
@@ -202,7 +226,9 @@ struct Netns(String);
 
 impl Netns {
     fn exec(&self, args: &[&str]) -> Output {
-        run(Command::new("ip").args(["netns", "exec", &self.0]).args(args))
+        run(Command::new("ip")
+            .args(["netns", "exec", &self.0])
+            .args(args))
     }
 }
 
@@ -214,7 +240,10 @@ impl Drop for Netns {
 
 /// A fresh network namespace, or why the test cannot have one here.
 fn netns(suffix: &str) -> Result<Netns, String> {
-    let uid = Command::new("id").arg("-u").output().map_err(|e| format!("id: {e}"))?;
+    let uid = Command::new("id")
+        .arg("-u")
+        .output()
+        .map_err(|e| format!("id: {e}"))?;
     if text(&uid.stdout).trim() != "0" {
         return Err("not root".into());
     }
@@ -241,14 +270,22 @@ fn the_rules_apply_in_a_fresh_network_namespace() {
             return;
         }
     };
-    let mut args = vec!["sh".to_string(), script("iptables.sh").display().to_string()];
+    let mut args = vec![
+        "sh".to_string(),
+        script("iptables.sh").display().to_string(),
+    ];
     args.extend(injected_args(&[(
         "traffic.sidecar.istio.io/excludeOutboundIPRanges",
         "10.96.0.0/12",
     )]));
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let out = ns.exec(&args);
-    assert!(out.status.success(), "{}{}", text(&out.stdout), text(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
 
     let rules = text(&ns.exec(&["iptables", "-t", "nat", "-S"]).stdout);
     for rule in [
@@ -275,7 +312,10 @@ fn the_rules_apply_in_a_fresh_network_namespace() {
     let out = ns.exec(&args);
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(text(&out.stdout).contains("already set up"));
-    assert_eq!(text(&ns.exec(&["iptables", "-t", "nat", "-S"]).stdout), rules);
+    assert_eq!(
+        text(&ns.exec(&["iptables", "-t", "nat", "-S"]).stdout),
+        rules
+    );
 }
 
 #[test]
@@ -287,18 +327,35 @@ fn tproxy_rules_and_routes_apply_in_a_fresh_network_namespace() {
             return;
         }
     };
-    let mut args = vec!["sh".to_string(), script("iptables.sh").display().to_string()];
-    args.extend(injected_args(&[("sidecar.istio.io/interceptionMode", "TPROXY")]));
+    let mut args = vec![
+        "sh".to_string(),
+        script("iptables.sh").display().to_string(),
+    ];
+    args.extend(injected_args(&[(
+        "sidecar.istio.io/interceptionMode",
+        "TPROXY",
+    )]));
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let out = ns.exec(&args);
     if !out.status.success() && text(&out.stderr).contains("iptables-restore failed") {
-        eprintln!("skipped: this kernel refuses the TPROXY rules: {}", text(&out.stderr));
+        eprintln!(
+            "skipped: this kernel refuses the TPROXY rules: {}",
+            text(&out.stderr)
+        );
         return;
     }
-    assert!(out.status.success(), "{}{}", text(&out.stdout), text(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
     let mangle = text(&ns.exec(&["iptables", "-t", "mangle", "-S"]).stdout);
     for chain in ["-N ISTIO_DIVERT", "-N ISTIO_INBOUND", "-N ISTIO_TPROXY"] {
-        assert!(mangle.lines().any(|l| l == chain), "{chain} not in\n{mangle}");
+        assert!(
+            mangle.lines().any(|l| l == chain),
+            "{chain} not in\n{mangle}"
+        );
     }
     assert!(mangle.contains("-j TPROXY --on-port 15006"), "{mangle}");
     let rules = text(&ns.exec(&["ip", "rule"]).stdout);
@@ -337,8 +394,9 @@ exit {envoy_exit}
     );
 }
 
-#[test]
-fn the_entrypoint_bootstraps_then_supervises_agent_and_envoy() {
+/// Runs the entrypoint with fakes and an injected pod's environment
+/// (`overrides` replace or add variables).
+fn entrypoint(overrides: &[(&str, &str)]) -> (tempfile::TempDir, Output) {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     fakes(d, 3);
@@ -348,54 +406,101 @@ fn the_entrypoint_bootstraps_then_supervises_agent_and_envoy() {
         "app=\"productpage\"\npod-template-hash=\"6b746f74dc\"\nversion=\"v1\"\n",
     )
     .unwrap();
+    let mut env: BTreeMap<&str, String> = [
+        ("PATH", std::env::var("PATH").unwrap_or_default()),
+        ("FAKE_DIR", d.display().to_string()),
+        ("SEXTANT_BIN", d.join("sextant").display().to_string()),
+        ("ENVOY_BIN", d.join("envoy").display().to_string()),
+        ("PROXY_CONFIG_DIR", d.join("proxy").display().to_string()),
+        ("POD_INFO_DIR", d.join("pod").display().to_string()),
+        ("POD_NAME", "productpage-v1-6b746f74dc-x7k2p".into()),
+        ("POD_NAMESPACE", "bookinfo".into()),
+        ("INSTANCE_IP", "10.244.1.17".into()),
+        ("SERVICE_ACCOUNT", "bookinfo-productpage".into()),
+        ("DISCOVERY_ADDRESS", "istiod.istio-system.svc:15012".into()),
+        ("CA_ADDR", "https://istiod.istio-system.svc:15012".into()),
+        ("TRUST_DOMAIN", "cluster.local".into()),
+        ("CLUSTER_DOMAIN", "cluster.local".into()),
+        ("ISTIO_META_CLUSTER_ID", "Kubernetes".into()),
+        ("ISTIO_META_INTERCEPTION_MODE", "REDIRECT".into()),
+    ]
+    .into_iter()
+    .collect();
+    for (k, v) in overrides {
+        env.insert(k, v.to_string());
+    }
     let out = run(Command::new("sh")
         .arg(script("proxy-entrypoint.sh"))
         .env_clear()
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .env("FAKE_DIR", d)
-        .env("SEXTANT_BIN", d.join("sextant"))
-        .env("ENVOY_BIN", d.join("envoy"))
-        .env("PROXY_CONFIG_DIR", d.join("proxy"))
-        .env("POD_INFO_DIR", d.join("pod"))
-        .env("POD_NAME", "productpage-v1-6b746f74dc-x7k2p")
-        .env("POD_NAMESPACE", "bookinfo")
-        .env("INSTANCE_IP", "10.244.1.17")
-        .env("SERVICE_ACCOUNT", "bookinfo-productpage")
-        .env("DISCOVERY_ADDRESS", "istiod.istio-system.svc:15012")
-        .env("CA_ADDR", "https://istiod.istio-system.svc:15012")
-        .env("TRUST_DOMAIN", "cluster.local")
-        .env("CLUSTER_DOMAIN", "cluster.local")
-        .env("ISTIO_META_CLUSTER_ID", "Kubernetes")
-        .env("ISTIO_META_INTERCEPTION_MODE", "REDIRECT"));
+        .envs(env));
+    (dir, out)
+}
+
+fn read(dir: &tempfile::TempDir, name: &str) -> String {
+    std::fs::read_to_string(dir.path().join(name))
+        .unwrap_or_else(|e| panic!("{name}: {e}"))
+        .trim()
+        .to_string()
+}
+
+#[test]
+fn the_entrypoint_bootstraps_then_supervises_agent_and_envoy() {
+    let (dir, out) = entrypoint(&[]);
+    let d = dir.path();
     // Envoy's status is the container's, and the agent was stopped.
     assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
     assert!(text(&out.stderr).contains("envoy exited with status 3"));
-    assert!(d.join("agent.stopped").exists(), "the agent was left running");
+    assert!(
+        d.join("agent.stopped").exists(),
+        "the agent was left running"
+    );
 
-    let read = |name: &str| std::fs::read_to_string(d.join(name)).unwrap();
-    assert_eq!(read("proxy/envoy.yaml"), "node: {id: fake}\n");
+    assert_eq!(read(&dir, "proxy/envoy.yaml"), "node: {id: fake}");
     assert_eq!(
-        read("sextant-bootstrap.args").trim(),
+        read(&dir, "sextant-bootstrap.args"),
         "bootstrap --node-id sidecar~10.244.1.17~productpage-v1-6b746f74dc-x7k2p.bookinfo~bookinfo.svc.cluster.local \
          --pod-name productpage-v1-6b746f74dc-x7k2p --namespace bookinfo --service-account bookinfo-productpage \
          --labels app=productpage,pod-template-hash=6b746f74dc,version=v1 --ip 10.244.1.17 \
          --xds-addr istiod.istio-system.svc:15012 --cluster-id Kubernetes --interception-mode REDIRECT \
-         --admin-port 15000 --sds-socket /var/run/secrets/workload-spiffe-uds/socket"
+         --admin-port 15000 --sds-socket /var/run/secrets/workload-spiffe-uds/socket \
+         --xds-tls --xds-server-name istiod.istio-system.svc"
     );
     assert_eq!(
-        read("sextant-agent.args").trim(),
+        read(&dir, "sextant-agent.args"),
         "agent --ca-addr https://istiod.istio-system.svc:15012 --ca-root-cert /var/run/secrets/istio/root-cert.pem \
          --ca-server-name istiod.istio-system.svc --token-file /var/run/secrets/tokens/istio-token \
          --namespace bookinfo --service-account bookinfo-productpage --trust-domain cluster.local \
          --cluster-id Kubernetes --sds-socket /var/run/secrets/workload-spiffe-uds/socket"
     );
     assert_eq!(
-        read("envoy.args").trim(),
+        read(&dir, "envoy.args"),
         format!(
             "-c {} --disable-hot-restart --drain-time-s 45 --local-address-ip-version v4 -l warning",
             d.join("proxy/envoy.yaml").display()
         )
     );
+}
+
+#[test]
+fn plaintext_xds_and_ipv6_addresses() {
+    let (dir, out) = entrypoint(&[
+        ("DISCOVERY_ADDRESS", "sextant.sextant-system.svc:15010"),
+        ("CA_ADDR", "http://[fd00::10]:15010"),
+        ("INSTANCE_IP", "fd00::1:17"),
+    ]);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
+    let bootstrap = read(&dir, "sextant-bootstrap.args");
+    assert!(
+        bootstrap.ends_with("--xds-addr sextant.sextant-system.svc:15010 --cluster-id Kubernetes --interception-mode REDIRECT --admin-port 15000 --sds-socket /var/run/secrets/workload-spiffe-uds/socket"),
+        "{bootstrap}"
+    );
+    assert!(read(&dir, "sextant-agent.args").contains("--ca-addr http://[fd00::10]:15010 --ca-root-cert /var/run/secrets/istio/root-cert.pem --ca-server-name fd00::10 "));
+    assert!(read(&dir, "envoy.args").contains("--local-address-ip-version v6"));
+
+    let (dir, _) = entrypoint(&[("XDS_TLS", "true"), ("DISCOVERY_ADDRESS", "10.0.0.5:15010")]);
+    assert!(read(&dir, "sextant-bootstrap.args").ends_with("--xds-tls --xds-server-name 10.0.0.5"));
+    let (_, out) = entrypoint(&[("XDS_TLS", "yes")]);
+    assert!(text(&out.stderr).contains("XDS_TLS must be true, false or auto"));
 }
 
 #[test]
@@ -405,7 +510,11 @@ fn the_entrypoint_needs_the_downward_api() {
         .env_clear()
         .env("PATH", std::env::var_os("PATH").unwrap_or_default()));
     assert!(!out.status.success());
-    assert!(text(&out.stderr).contains("POD_NAME must be set"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("POD_NAME must be set"),
+        "{}",
+        text(&out.stderr)
+    );
 }
 
 #[test]
@@ -431,7 +540,10 @@ fn wait_returns_once_envoy_is_live() {
         text(&request[..n])
     });
     let out = run(Command::new("sh")
-        .args([script("proxy-entrypoint.sh").display().to_string(), "wait".into()])
+        .args([
+            script("proxy-entrypoint.sh").display().to_string(),
+            "wait".into(),
+        ])
         .env("ADMIN_PORT", port.to_string())
         .env("READY_TIMEOUT", "30"));
     assert!(out.status.success(), "{}", text(&out.stderr));

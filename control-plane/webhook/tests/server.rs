@@ -8,7 +8,12 @@ use serde_json::Value;
 use sextant_webhook::{WebhookState, router};
 use tower::ServiceExt;
 
-async fn call(state: WebhookState, method: Method, path: &str, body: Vec<u8>) -> (StatusCode, Vec<u8>) {
+async fn call(
+    state: WebhookState,
+    method: Method,
+    path: &str,
+    body: Vec<u8>,
+) -> (StatusCode, Vec<u8>) {
     let request = Request::builder()
         .method(method)
         .uri(path)
@@ -22,7 +27,13 @@ async fn call(state: WebhookState, method: Method, path: &str, body: Vec<u8>) ->
 }
 
 async fn post(state: WebhookState, path: &str, fixture: &str) -> Value {
-    let (status, body) = call(state, Method::POST, path, common::text(fixture).into_bytes()).await;
+    let (status, body) = call(
+        state,
+        Method::POST,
+        path,
+        common::text(fixture).into_bytes(),
+    )
+    .await;
     assert_eq!(status, StatusCode::OK, "{}", String::from_utf8_lossy(&body));
     serde_json::from_slice(&body).unwrap()
 }
@@ -50,7 +61,10 @@ async fn validate_denies_an_invalid_virtual_service() {
 async fn validate_allows_a_valid_virtual_service() {
     let review = post(state(), "/validate", "vs-reviews-50-v3.json").await;
     assert_eq!(review["response"]["allowed"], true);
-    assert_eq!(review["response"]["uid"], "0df28fbd-5f5f-11e8-bc74-36e6bb280816");
+    assert_eq!(
+        review["response"]["uid"],
+        "0df28fbd-5f5f-11e8-bc74-36e6bb280816"
+    );
     assert_eq!(review["response"].get("patch"), None);
 }
 
@@ -85,7 +99,13 @@ async fn inject_leaves_pods_of_other_namespaces_alone() {
 
 #[tokio::test]
 async fn a_body_that_is_not_a_review_is_a_bad_request() {
-    let (status, body) = call(state(), Method::POST, "/validate", b"{\"kind\": 3}".to_vec()).await;
+    let (status, body) = call(
+        state(),
+        Method::POST,
+        "/validate",
+        b"{\"kind\": 3}".to_vec(),
+    )
+    .await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert!(String::from_utf8_lossy(&body).contains("AdmissionReview"));
     let (status, _) = call(state(), Method::GET, "/inject", Vec::new()).await;

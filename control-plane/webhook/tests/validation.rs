@@ -78,7 +78,8 @@ fn delete_is_allowed_even_for_an_invalid_object() {
 fn updates_are_validated_like_creates() {
     let mut value = common::json("vs-bad-weights.json");
     value["request"]["operation"] = json!("UPDATE");
-    value["request"]["oldObject"] = common::json("vs-reviews-50-v3.json")["request"]["object"].clone();
+    value["request"]["oldObject"] =
+        common::json("vs-reviews-50-v3.json")["request"]["object"].clone();
     value["request"]["options"] = json!({"kind": "UpdateOptions", "apiVersion": "meta.k8s.io/v1"});
     assert!(!answer(value).allowed);
 }
@@ -114,8 +115,10 @@ fn other_served_versions_and_groups_are_validated() {
 
     let mut value = common::json("vs-reviews-50-v3.json");
     let request = &mut value["request"];
-    request["kind"] = json!({"group": "security.istio.io", "version": "v1", "kind": "AuthorizationPolicy"});
-    request["resource"] = json!({"group": "security.istio.io", "version": "v1", "resource": "authorizationpolicies"});
+    request["kind"] =
+        json!({"group": "security.istio.io", "version": "v1", "kind": "AuthorizationPolicy"});
+    request["resource"] =
+        json!({"group": "security.istio.io", "version": "v1", "resource": "authorizationpolicies"});
     request["object"] = json!({
         "apiVersion": "security.istio.io/v1", "kind": "AuthorizationPolicy",
         "metadata": {"name": "deny-all", "namespace": "bookinfo"},
@@ -134,7 +137,8 @@ fn other_served_versions_and_groups_are_validated() {
 fn kinds_sextant_does_not_serve_are_denied_with_the_list() {
     let mut value = common::json("vs-reviews-50-v3.json");
     let request = &mut value["request"];
-    request["kind"] = json!({"group": "networking.istio.io", "version": "v1alpha3", "kind": "EnvoyFilter"});
+    request["kind"] =
+        json!({"group": "networking.istio.io", "version": "v1alpha3", "kind": "EnvoyFilter"});
     request["object"] = json!({
         "apiVersion": "networking.istio.io/v1alpha3", "kind": "EnvoyFilter",
         "metadata": {"name": "lua", "namespace": "bookinfo"}, "spec": {},

@@ -18,6 +18,8 @@ struct Args {
     dir: PathBuf,
     base: u8,
     gateway: bool,
+    /// Mutual TLS between the proxies (the default, as in Istio).
+    mtls: bool,
 }
 
 fn parse_args() -> anyhow::Result<Args> {
@@ -25,6 +27,7 @@ fn parse_args() -> anyhow::Result<Args> {
         dir: PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.local/mesh"),
         base: 1,
         gateway: true,
+        mtls: true,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -38,14 +41,17 @@ fn parse_args() -> anyhow::Result<Args> {
                     .context("--base")?
             }
             "--no-gateway" => args.gateway = false,
+            "--plaintext" => args.mtls = false,
             "-h" | "--help" => {
                 println!(
-                    "local-mesh [--dir DIR] [--base X] [--no-gateway]\n\n\
+                    "local-mesh [--dir DIR] [--base X] [--no-gateway] [--plaintext]\n\n\
                      Runs sextant, an Envoy per BookInfo workload (and httpbin) and the ingress\n\
                      gateway (127.0.0.100:80) on loopback until Ctrl-C. Config: DIR/config\n\
                      (default .local/mesh/config), logs: DIR/logs. Workload X is 127.0.X.1\n\
                      (its Envoy), 127.0.X.2:9080 (its egress listener), 127.0.0.1:2000X (its app);\n\
-                     X starts at --base (default 1)."
+                     X starts at --base (default 1). Sextant is the mesh's CA and every Envoy\n\
+                     has a `sextant agent` beside it: traffic between proxies is mutual TLS\n\
+                     (--plaintext turns that off)."
                 );
                 std::process::exit(0);
             }
@@ -65,6 +71,9 @@ fn main() -> anyhow::Result<()> {
     if args.gateway {
         options = options.gateway();
     }
+    if args.mtls {
+        options = options.mtls();
+    }
     eprintln!("starting the local mesh in {} ...", dir.display());
     let mesh = Mesh::start(options);
     let config = mesh.config_dir.display();
@@ -74,6 +83,16 @@ fn main() -> anyhow::Result<()> {
         "\nThe local mesh is up. Sextant: xDS {}, admin http://{}",
         mesh.sextant.xds_addr, mesh.sextant.admin_addr
     );
+    if let (Some(tls), Some(ca)) = (mesh.sextant.tls_addr, mesh.sextant.ca()) {
+        println!(
+            "Mutual TLS between the proxies: the CA and xDS over TLS on {tls}, root {}",
+            ca.root_cert().display()
+        );
+        println!(
+            "  curl -s http://{}/certs   # productpage's workload certificate (SPIFFE identity)",
+            mesh.workload("productpage-v1").proxy.admin
+        );
+    }
     println!("\nWorkloads (Envoy admin, egress listener, app):");
     for w in &mesh.workloads {
         println!(

@@ -816,8 +816,8 @@ fn products_viewer_claims_sample() {
     );
     assert!(text.contains(r#"Exact("a@foo.com")"#), "{text}");
 
-    let ingress = || req("HEAD", "/products").by_sa("istio-system", "x");
-    let mut as_ingress = ingress();
+    // The sample's users are bare names: exact URI SANs `spiffe://NAME`.
+    let mut as_ingress = req("HEAD", "/products");
     as_ingress.peer = Some("spiffe://istio-ingress-service-account".into());
     assert!(decide(
         &filters,

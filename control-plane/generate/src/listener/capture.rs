@@ -149,7 +149,7 @@ fn virtual_inbound(mesh: &MeshSnapshot, proxy: &Proxy) -> Listener {
             &names::listener("0.0.0.0", cluster.port),
             cluster.port,
             http,
-            &|| inbound_filters(cluster.port, http),
+            &|| inbound_filters(mesh, proxy, cluster.port, http),
             tls,
         ) {
             Ok(c) => c,

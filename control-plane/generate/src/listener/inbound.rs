@@ -72,7 +72,7 @@ impl<'a> InboundSecurity<'a> {
     }
 
     /// The chains of inbound port `port` (the workload's port), named after
-    /// `name`, forwarding through `filters`; `ingress_tls` is the Sidecar
+    /// `name`, forwarding through `filters`; `ingress` is the Sidecar
     /// ingress `tls` of the port, if any. An error for an ingress `tls`
     /// that cannot be built, which loses the port (and only the port).
     pub(super) fn port_chains(

@@ -89,7 +89,7 @@ pub(super) fn inbound_listeners(
             &name,
             number,
             http,
-            &|| inbound_filters(number, http),
+            &|| inbound_filters(mesh, proxy, number, http),
             ingress.tls.as_ref(),
         ) {
             Ok(chains) => chains,
@@ -118,15 +118,30 @@ pub(super) fn inbound_listeners(
 /// URI SAN (the SPIFFE identity) and DNS SANs are appended to the
 /// `x-forwarded-client-cert` header (which Envoy removes from plain text
 /// requests).
-pub(super) fn inbound_filters(port: u32, http: bool) -> Vec<Filter> {
+///
+/// Authorization (ClusterRbacConfig with ServiceRole/ServiceRoleBinding,
+/// AuthorizationPolicy, RequestAuthentication) comes first: RBAC network
+/// filters before the TCP proxy, the JWT and RBAC HTTP filters before
+/// Istio's fault, CORS and router filters ([`crate::authz`]).
+pub(super) fn inbound_filters(
+    mesh: &MeshSnapshot,
+    proxy: &Proxy,
+    port: u32,
+    http: bool,
+) -> Vec<Filter> {
     if !http {
-        return vec![tcp_proxy(&TcpTarget::Cluster(names::inbound_cluster(port)))];
+        let mut filters = crate::authz::inbound_network_filters(mesh, proxy, port);
+        filters.push(tcp_proxy(&TcpTarget::Cluster(names::inbound_cluster(port))));
+        return filters;
     }
     let mut manager = http_connection_manager_config(
         &format!("inbound_0.0.0.0_{port}"),
         Routes::Inline(Box::new(inbound_route_config(port))),
         HttpSide::Sidecar,
     );
+    let mut http_filters = crate::authz::inbound_http_filters(mesh, proxy, port);
+    http_filters.append(&mut manager.http_filters);
+    manager.http_filters = http_filters;
     manager.forward_client_cert_details = ForwardClientCertDetails::AppendForward as i32;
     manager.set_current_client_cert_details = Some(SetCurrentClientCertDetails {
         subject: Some(BoolValue { value: true }),

@@ -486,7 +486,11 @@ mod tests {
         assert_eq!(cidr_list("*", true).unwrap(), "*");
         assert_eq!(cidr_list("", true).unwrap(), "");
         assert!(cidr_list("*", false).is_err());
-        assert!(cidr_list("10.0.0.1", false).unwrap_err().contains("not a CIDR"));
+        assert!(
+            cidr_list("10.0.0.1", false)
+                .unwrap_err()
+                .contains("not a CIDR")
+        );
         assert!(cidr_list("10.0.0.0/33", false).is_err());
         assert!(cidr_list("10.0.0/8", false).is_err());
     }

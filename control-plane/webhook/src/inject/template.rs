@@ -102,7 +102,10 @@ pub(crate) fn apply(
     let annotations = pod.metadata.annotations.get_or_insert_default();
     annotations.insert(annotation::STATUS.into(), status.to_string());
     if let Some(first) = app_containers.first() {
-        for key in [annotation::DEFAULT_CONTAINER, annotation::DEFAULT_LOGS_CONTAINER] {
+        for key in [
+            annotation::DEFAULT_CONTAINER,
+            annotation::DEFAULT_LOGS_CONTAINER,
+        ] {
             annotations
                 .entry(key.into())
                 .or_insert_with(|| first.clone());
@@ -138,7 +141,10 @@ fn proxy_container(
         value("CA_ADDR", &ca_url(&config.ca_address)),
         value("TRUST_DOMAIN", &config.trust_domain),
         value("CLUSTER_DOMAIN", &config.cluster_domain),
-        value("ISTIO_META_POD_PORTS", &Value::from(pod_ports.to_vec()).to_string()),
+        value(
+            "ISTIO_META_POD_PORTS",
+            &Value::from(pod_ports.to_vec()).to_string(),
+        ),
         value("ISTIO_META_APP_CONTAINERS", &app_containers.join(",")),
         value("ISTIO_META_CLUSTER_ID", &config.cluster_id),
         field("ISTIO_META_NODE_NAME", "spec.nodeName"),
@@ -267,4 +273,24 @@ fn ca_url(address: &str) -> String {
 /// back as the Kubernetes type is a bug in this file.
 fn typed<T: DeserializeOwned>(value: Value) -> T {
     serde_json::from_value(value).expect("the sidecar template matches the Kubernetes types")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_status_annotation_lists_the_volumes_added() {
+        let names: Vec<String> = volumes().into_iter().map(|v| v.name).collect();
+        assert_eq!(names, VOLUMES);
+    }
+
+    #[test]
+    fn ca_addresses_become_urls() {
+        assert_eq!(
+            ca_url("istiod.istio-system.svc:15012"),
+            "https://istiod.istio-system.svc:15012"
+        );
+        assert_eq!(ca_url("http://127.0.0.1:15010"), "http://127.0.0.1:15010");
+    }
 }

@@ -122,11 +122,15 @@ pub fn canonical_name(labels: &BTreeMap<String, String>, workload: &Workload) ->
 /// Istio's canonical revision: `service.istio.io/canonical-revision`,
 /// `app.kubernetes.io/version`, `version`, else `latest`.
 pub fn canonical_revision(labels: &BTreeMap<String, String>) -> String {
-    [label::CANONICAL_REVISION, "app.kubernetes.io/version", "version"]
-        .iter()
-        .find_map(|k| labels.get(*k).filter(|v| !v.is_empty()))
-        .cloned()
-        .unwrap_or_else(|| "latest".into())
+    [
+        label::CANONICAL_REVISION,
+        "app.kubernetes.io/version",
+        "version",
+    ]
+    .iter()
+    .find_map(|k| labels.get(*k).filter(|v| !v.is_empty()))
+    .cloned()
+    .unwrap_or_else(|| "latest".into())
 }
 
 #[cfg(test)]
@@ -165,7 +169,10 @@ mod tests {
             &[("pod-template-hash", "6b746f74dc")],
         );
         let w = Workload::of_pod(&meta, Some("bookinfo"));
-        assert_eq!((w.kind.as_str(), w.name.as_str()), ("Deployment", "productpage-v1"));
+        assert_eq!(
+            (w.kind.as_str(), w.name.as_str()),
+            ("Deployment", "productpage-v1")
+        );
         assert_eq!(
             w.owner_uri().unwrap(),
             "kubernetes://apis/apps/v1/namespaces/bookinfo/deployments/productpage-v1"

@@ -5,10 +5,10 @@
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet};
 use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::core::v1::{Pod, PodTemplateSpec, ReplicationController};
-use serde::Serialize;
-use serde::de::DeserializeOwned;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::{Metadata, Resource};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
 use serde_yaml::Value;
 
 use super::{InjectConfig, InjectError, Workload, inject_with, skip_reason};
@@ -119,12 +119,7 @@ fn inject_value(value: &Value, config: &InjectConfig) -> Result<Option<Value>, I
         }
         ("v1", "Pod") => {
             let pod: Pod = typed(value)?;
-            let workload = Workload {
-                api_version: "v1".into(),
-                kind: "Pod".into(),
-                name: pod.metadata.name.clone().unwrap_or_default(),
-                namespace: pod.metadata.namespace.clone(),
-            };
+            let workload = Workload::of_pod(&pod.metadata, None);
             if skip_reason(&pod.metadata, pod.spec.as_ref()).is_some() {
                 return Ok(None);
             }
@@ -140,22 +135,20 @@ fn inject_value(value: &Value, config: &InjectConfig) -> Result<Option<Value>, I
         ("apps/v1", "DaemonSet") => template(value, config, |d: &mut DaemonSet| {
             Some(&mut d.spec.template)
         }),
-        ("apps/v1", "ReplicaSet") => template(value, config, |d: &mut ReplicaSet| {
-            d.spec.template.as_mut()
-        }),
-        ("batch/v1", "Job") => {
-            template(value, config, |d: &mut Job| d.spec.as_mut().map(|s| &mut s.template))
+        ("apps/v1", "ReplicaSet") => {
+            template(value, config, |d: &mut ReplicaSet| d.spec.template.as_mut())
         }
+        ("batch/v1", "Job") => template(value, config, |d: &mut Job| {
+            d.spec.as_mut().map(|s| &mut s.template)
+        }),
         ("batch/v1", "CronJob") => template(value, config, |d: &mut CronJob| {
-            d.spec
-                .job_template
-                .spec
-                .as_mut()
-                .map(|s| &mut s.template)
+            d.spec.job_template.spec.as_mut().map(|s| &mut s.template)
         }),
-        ("v1", "ReplicationController") => template(value, config, |d: &mut ReplicationController| {
-            d.spec.as_mut().and_then(|s| s.template.as_mut())
-        }),
+        ("v1", "ReplicationController") => {
+            template(value, config, |d: &mut ReplicationController| {
+                d.spec.as_mut().and_then(|s| s.template.as_mut())
+            })
+        }
         (
             _,
             "Deployment" | "StatefulSet" | "DaemonSet" | "ReplicaSet" | "Job" | "CronJob" | "Pod",
