@@ -1619,11 +1619,8 @@ fn every_value_is_documented_in_the_chart_readme() {
     );
 }
 
-/// The flags the chart passes exist in the binary. Ignored until `serve`
-/// has `--kube` and the other flags of issue #7, and `agent` exists; then
-/// drop the `ignore`.
+/// The flags the chart passes exist in the binary.
 #[test]
-#[ignore = "serve --kube, --xds-tls-addr, --webhook-addr, --trust-domain, --ca-secret-name, --ca-dir and `sextant agent` are not implemented yet"]
 fn the_binary_accepts_the_charts_flags() {
     let bin = sextant_e2e::sextant_bin();
     let help = Command::new(&bin)

@@ -32,10 +32,14 @@ pub struct AgentArgs {
     /// CA refuses it.
     #[arg(long, value_name = "FILE")]
     pub token_file: Option<PathBuf>,
+    /// The workload's namespace: the certificate is for
+    /// `spiffe://TRUST_DOMAIN/ns/NAMESPACE/sa/SERVICE_ACCOUNT`.
     #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
     pub namespace: String,
+    /// The workload's Kubernetes service account (its identity).
     #[arg(long, env = "SERVICE_ACCOUNT", default_value = "default")]
     pub service_account: String,
+    /// The mesh's SPIFFE trust domain.
     #[arg(long, env = "TRUST_DOMAIN", default_value = "cluster.local")]
     pub trust_domain: String,
     /// Istio's CLUSTER_ID, sent to the CA as the `clusterid` header (it

@@ -18,24 +18,39 @@ const SIZES: [usize; 2] = [100, 1000];
 
 fn snapshot_build(c: &mut Criterion) {
     let mut group = c.benchmark_group("snapshot_build");
-    group.sample_size(10).measurement_time(Duration::from_secs(10));
+    group
+        .sample_size(10)
+        .measurement_time(Duration::from_secs(10));
     for services in SIZES {
         let config = MeshSpec::new(services)
             .config_snapshot()
             .expect("the synthetic mesh validates");
-        group.bench_with_input(BenchmarkId::from_parameter(services), &config, |b, config| {
-            b.iter_batched(|| config.clone(), MeshSnapshot::build, BatchSize::LargeInput)
-        });
+        group.bench_with_input(
+            BenchmarkId::from_parameter(services),
+            &config,
+            |b, config| {
+                b.iter_batched(
+                    || config.clone(),
+                    MeshSnapshot::build,
+                    BatchSize::LargeInput,
+                )
+            },
+        );
     }
     group.finish();
 }
 
 fn generation_per_proxy(c: &mut Criterion) {
     let mut group = c.benchmark_group("generate");
-    group.sample_size(10).measurement_time(Duration::from_secs(10));
+    group
+        .sample_size(10)
+        .measurement_time(Duration::from_secs(10));
     for services in SIZES {
         let spec = MeshSpec::new(services);
-        let mesh = MeshSnapshot::build(spec.config_snapshot().expect("the synthetic mesh validates"));
+        let mesh = MeshSnapshot::build(
+            spec.config_snapshot()
+                .expect("the synthetic mesh validates"),
+        );
         let proxy = Proxy::from_node(Some(&spec.node(0))).expect("a valid node");
         for ty in Ty::ALL {
             let request = ResourceRequest {

@@ -146,7 +146,7 @@ struct Applied {
 }
 
 fn content_hash(body: &Any) -> u64 {
-    foldhash::quality::FixedState::with_seed(0x5e47_a47).hash_one(body.value.as_slice())
+    foldhash::quality::FixedState::with_seed(0x05e4_7a47).hash_one(body.value.as_slice())
 }
 
 impl State {
@@ -194,8 +194,8 @@ impl State {
         match ty {
             Ty::Cds => {
                 for (id, body) in &changed {
-                    let head = ClusterHead::decode(body.value.as_slice())
-                        .context("decoding a Cluster")?;
+                    let head =
+                        ClusterHead::decode(body.value.as_slice()).context("decoding a Cluster")?;
                     if head.discovery_type == EDS {
                         let service_name = head
                             .eds_cluster_config
@@ -294,8 +294,9 @@ fn rds_names(listener: &Listener) -> anyhow::Result<Vec<String>> {
             if any.type_url != HCM_TYPE_URL {
                 continue;
             }
-            let hcm = HttpConnectionManager::decode(any.value.as_slice())
-                .with_context(|| format!("listener {}: decoding HttpConnectionManager", listener.name))?;
+            let hcm = HttpConnectionManager::decode(any.value.as_slice()).with_context(|| {
+                format!("listener {}: decoding HttpConnectionManager", listener.name)
+            })?;
             if let Some(RouteSpecifier::Rds(rds)) = hcm.route_specifier
                 && !out.contains(&rds.route_config_name)
             {
@@ -307,7 +308,9 @@ fn rds_names(listener: &Listener) -> anyhow::Result<Vec<String>> {
 }
 
 fn names(interner: &Interner, ids: &BTreeSet<u32>) -> Vec<String> {
-    ids.iter().map(|id| interner.name(*id).to_string()).collect()
+    ids.iter()
+        .map(|id| interner.name(*id).to_string())
+        .collect()
 }
 
 async fn sotw(
@@ -603,7 +606,10 @@ mod tests {
             .collect();
         let wanted: BTreeSet<String> = names(&interner, &state.eds_wanted()).into_iter().collect();
         assert_eq!(wanted, expected);
-        assert!(wanted.contains(&format!("outbound|8080|v1|{}", spec.host(1))), "{wanted:?}");
+        assert!(
+            wanted.contains(&format!("outbound|8080|v1|{}", spec.host(1))),
+            "{wanted:?}"
+        );
 
         let listeners = generate(&mesh, &proxy, Ty::Lds);
         let named = listeners.iter().map(|r| (r.name.clone(), &r.body));

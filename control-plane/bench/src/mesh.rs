@@ -71,7 +71,7 @@ impl MeshSpec {
 
     /// The version label of proxy `i`: replicas alternate v1, v2.
     pub fn version_of(&self, i: usize) -> &'static str {
-        if (i / self.services) % 2 == 0 {
+        if (i / self.services).is_multiple_of(2) {
             "v1"
         } else {
             "v2"
@@ -502,8 +502,11 @@ mod tests {
         let spec = MeshSpec::new(4);
         let mesh = MeshSnapshot::build(spec.config_snapshot().unwrap());
         let service = mesh.service(&spec.host(2), NAMESPACE).expect("svc-2");
-        let mut addresses: Vec<String> =
-            service.endpoints.iter().map(|e| e.address.clone()).collect();
+        let mut addresses: Vec<String> = service
+            .endpoints
+            .iter()
+            .map(|e| e.address.clone())
+            .collect();
         addresses.sort();
         let mut expected = vec![
             MeshSpec::address(2).to_string(),
@@ -524,7 +527,10 @@ mod tests {
     fn addresses_are_distinct_loopback_addresses() {
         let a: std::collections::BTreeSet<Ipv4Addr> = (0..70_000).map(MeshSpec::address).collect();
         assert_eq!(a.len(), 70_000);
-        assert!(a.iter().all(|ip| ip.is_loopback() && *ip != Ipv4Addr::LOCALHOST));
+        assert!(
+            a.iter()
+                .all(|ip| ip.is_loopback() && *ip != Ipv4Addr::LOCALHOST)
+        );
     }
 
     #[test]

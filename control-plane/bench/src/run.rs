@@ -80,7 +80,8 @@ pub async fn run(options: RunOptions) -> anyhow::Result<Report> {
     );
 
     let log = work.join("sextant.log");
-    let mut server = ServerProcess::start(&options.sextant, &config_dir, &log, &options.server_args)?;
+    let mut server =
+        ServerProcess::start(&options.sextant, &config_dir, &log, &options.server_args)?;
     server.wait_ready(Duration::from_secs(120)).await?;
     let loaded = server.usage()?;
     tracing::info!(pid = server.pid, xds = %server.xds_addr, cpu_s = loaded.cpu_seconds, "server ready");
@@ -240,7 +241,13 @@ async fn wait_for_full_config(
             return Ok(());
         }
         if Instant::now() > report_at {
-            tracing::info!(ready, failed, total, elapsed_s = start.elapsed().as_secs(), "connecting");
+            tracing::info!(
+                ready,
+                failed,
+                total,
+                elapsed_s = start.elapsed().as_secs(),
+                "connecting"
+            );
             report_at += Duration::from_secs(5);
         }
         tokio::time::sleep(Duration::from_millis(5)).await;

@@ -79,7 +79,11 @@ impl ServerProcess {
         let deadline = Instant::now() + timeout;
         let url = format!("http://{}/ready", self.admin_addr);
         loop {
-            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
                 bail!(
                     "sextant exited with {status} before it was ready; see {}",
                     self.log.display()

@@ -25,7 +25,8 @@ pub struct CaArgs {
     /// Directory of the CA's keys. Holds Istio's plugged-in `cacerts`
     /// layout (ca-cert.pem, ca-key.pem, root-cert.pem, cert-chain.pem), or
     /// the self-signed root Sextant created there on first start. Without
-    /// it there is no CA and no TLS port (xDS stays plaintext).
+    /// it there is no CA and no TLS port (xDS stays plaintext), except with
+    /// `--kube`, where the root lives in the Secret `--ca-secret-name`.
     #[arg(long, value_name = "DIR")]
     pub ca_dir: Option<PathBuf>,
     /// The mesh's trust domain: workload identities are
@@ -46,7 +47,7 @@ pub struct CaArgs {
     #[arg(long, default_value = "90d", value_parser = parse_duration)]
     pub max_workload_cert_ttl: Duration,
     /// Address of the TLS server: xDS with client certificates, and the CA
-    /// (Istio's port 15012). Needs `--ca-dir`.
+    /// (Istio's port 15012). Needs a CA: `--ca-dir`, or `--kube`.
     #[arg(long, default_value = "0.0.0.0:15012")]
     pub xds_tls_addr: SocketAddr,
     /// Names in the TLS server's certificate (what proxies and agents
@@ -77,6 +78,12 @@ pub fn start(args: &CaArgs, registry: &mut Registry) -> anyhow::Result<Option<Ca
         }
         return Ok(None);
     };
+    let authority = load_dir(dir, args)?;
+    start_with(authority, Vec::new(), args, registry).map(Some)
+}
+
+/// The CA options the flags describe.
+pub fn options(args: &CaArgs) -> anyhow::Result<CaOptions> {
     let options = CaOptions {
         trust_domain: args.trust_domain.clone(),
         default_ttl: args.workload_cert_ttl,
@@ -84,9 +91,28 @@ pub fn start(args: &CaArgs, registry: &mut Registry) -> anyhow::Result<Option<Ca
         ..CaOptions::default()
     };
     options.validate().context("CA options")?;
-    let authority = CertificateAuthority::load_or_create(dir, &options)
+    Ok(options)
+}
+
+/// The CA kept in `dir` (plugged-in `cacerts` or our own root, created on
+/// first start).
+pub fn load_dir(dir: &std::path::Path, args: &CaArgs) -> anyhow::Result<CertificateAuthority> {
+    let authority = CertificateAuthority::load_or_create(dir, &options(args)?)
         .with_context(|| format!("loading the CA from --ca-dir {}", dir.display()))?;
     tracing::info!(dir = %dir.display(), mode = ?authority.mode(), trust_domain = %args.trust_domain, "CA ready");
+    Ok(authority)
+}
+
+/// Serves `authority` (wherever its keys came from: `--ca-dir`, or the
+/// Kubernetes Secret). Callers authenticate with a client certificate from
+/// this CA, then a `--ca-token-file` token, then `extra` in order (the
+/// Kubernetes TokenReview).
+pub fn start_with(
+    authority: CertificateAuthority,
+    extra: Vec<Arc<dyn Authenticator>>,
+    args: &CaArgs,
+    registry: &mut Registry,
+) -> anyhow::Result<Ca> {
     let mut authenticators: Vec<Arc<dyn Authenticator>> = vec![Arc::new(
         ClientCertAuthenticator::new(&authority).context("client certificate authenticator")?,
     )];
@@ -96,6 +122,7 @@ pub fn start(args: &CaArgs, registry: &mut Registry) -> anyhow::Result<Option<Ca
         tracing::info!(file = %file.display(), tokens = tokens.len(), "CA bearer tokens loaded");
         authenticators.push(Arc::new(tokens));
     }
+    authenticators.extend(extra);
     let tls = server_tls_config(&authority, &args.tls_server_names)
         .context("issuing the TLS server's certificate")?;
     let metrics = CaMetrics::default();
@@ -107,10 +134,10 @@ pub fn start(args: &CaArgs, registry: &mut Registry) -> anyhow::Result<Option<Ca
         metrics,
     )
     .into_server();
-    Ok(Some(Ca {
+    Ok(Ca {
         authority,
         service,
         tls,
         addr: args.xds_tls_addr,
-    }))
+    })
 }

@@ -1,7 +1,7 @@
 //! `sextant`: the control plane binary. Subcommands: `serve` (the control
 //! plane), `validate` (istioctl validate), `crds` (print the CRDs) and
 //! `bootstrap` (an Envoy bootstrap for one proxy), `agent` (the node agent
-//! beside each Envoy).
+//! beside each Envoy), `inject` (istioctl kube-inject).
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -9,8 +9,11 @@ use clap::{Parser, Subcommand};
 mod admin;
 mod bootstrap;
 mod ca;
+mod inject;
+mod kube;
 mod serve;
 mod validate;
+mod webhook;
 mod xds;
 
 #[derive(Parser)]
@@ -33,6 +36,10 @@ enum Command {
     Validate(validate::ValidateArgs),
     /// Print the CustomResourceDefinitions for every Istio kind Sextant serves.
     Crds,
+    /// Add the sidecar (Envoy plus `sextant agent`, and the iptables init
+    /// container) to every pod template of a YAML file, as
+    /// `istioctl kube-inject` and the injection webhook do.
+    Inject(inject::InjectArgs),
     /// Print an Envoy bootstrap (YAML) for one proxy.
     Bootstrap(bootstrap::BootstrapArgs),
     /// The node agent beside an Envoy (Istio's pilot-agent): makes the
@@ -53,6 +60,7 @@ fn main() -> ExitCode {
             print!("{}", sextant_api::crd::all_yaml());
             Ok(())
         }
+        Command::Inject(args) => inject::run(args),
         Command::Bootstrap(args) => bootstrap::run(args),
         Command::Agent(args) => {
             init_tracing();
