@@ -171,7 +171,7 @@ struct Capture {
     sextant: Daemon,
     network: PodNetwork,
     config_dir: PathBuf,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 /// The setup, or `None` (after saying why) when this machine cannot run it.
@@ -234,7 +234,7 @@ impl Capture {
             sextant,
             network,
             config_dir,
-            _dir: dir,
+            dir,
         };
         capture.wait("Sextant to be ready on the node", || {
             if let Some(status) = capture.sextant.exited() {
@@ -300,7 +300,7 @@ impl Capture {
             pod.netns
                 .command_as(APP_UID, APP_UID, sample_app_bin())
                 .args(["--name", name, "--version", "v1", "--listen", listen]),
-            &self._dir.path().join(format!("app-{name}.log")),
+            &self.dir.path().join(format!("app-{name}.log")),
             None,
         )
     }
@@ -316,7 +316,7 @@ impl Capture {
                 "--listen",
                 listen,
             ]),
-            &self._dir.path().join(format!("app-{name}.log")),
+            &self.dir.path().join(format!("app-{name}.log")),
             None,
         )
     }
@@ -344,7 +344,7 @@ impl Capture {
                 String::from_utf8_lossy(&output.stderr)
             );
         }
-        let dir = self._dir.path().join(format!("envoy-{}", pod.name));
+        let dir = self.dir.path().join(format!("envoy-{}", pod.name));
         std::fs::create_dir_all(&dir)?;
         std::os::unix::fs::chown(&dir, Some(PROXY_UID), Some(PROXY_UID))?;
         let bootstrap = dir.join("envoy.yaml");
@@ -358,7 +358,7 @@ impl Capture {
                 .arg(&bootstrap)
                 .args(["--disable-hot-restart", "--concurrency", "1"])
                 .args(["-l", "info", "--drain-time-s", "1"]),
-            &self._dir.path().join(format!("envoy-{}.log", pod.name)),
+            &self.dir.path().join(format!("envoy-{}.log", pod.name)),
             // Envoy's access log is /dev/stdout: it reopens its stdout, which
             // as uid 1337 it may only do on a file it owns (else every
             // listener is rejected: "unable to open file '/dev/stdout':
@@ -376,7 +376,7 @@ impl Capture {
     }
 
     /// `GET url` from the sleep pod's application (captured).
-    fn from_sleep(&self, url: &str, extra: &[&str]) -> Result<HttpAnswer> {
+    fn in_sleep_pod(&self, url: &str, extra: &[&str]) -> Result<HttpAnswer> {
         self.pod("sleep")
             .netns
             .curl(url, extra, Duration::from_secs(10))
@@ -390,7 +390,7 @@ impl Capture {
         for h in headers {
             extra.extend(["-H", h]);
         }
-        self.from_sleep(&format!("http://{REVIEWS}:{REVIEWS_PORT}{path}"), &extra)
+        self.in_sleep_pod(&format!("http://{REVIEWS}:{REVIEWS_PORT}{path}"), &extra)
     }
 
     /// Counters and gauges of a pod's Envoy (its admin interface is on the
@@ -573,7 +573,7 @@ fn captured_traffic_follows_the_mesh_config() {
         .reviews("/by-name", &[])
         .unwrap_or_else(|e| panic!("{e:#}\n{}", c.context()));
     let by_vip = c
-        .from_sleep(&format!("http://{REVIEWS_VIP}:{REVIEWS_PORT}/by-vip"), &[])
+        .in_sleep_pod(&format!("http://{REVIEWS_VIP}:{REVIEWS_PORT}/by-vip"), &[])
         .unwrap_or_else(|e| panic!("{e:#}\n{}", c.context()));
     for (r, path) in [(&by_name, "/by-name"), (&by_vip, "/by-vip")] {
         let body = expect_app(r, "reviews").unwrap_or_else(|e| panic!("{e:#}\n{}", c.context()));
@@ -713,7 +713,7 @@ fn captured_traffic_follows_the_mesh_config() {
     // PassthroughCluster to the original destination.
     let passthrough = c.stat("sleep", "cluster.PassthroughCluster.upstream_cx_total");
     let r = c
-        .from_sleep(&format!("http://{NODE_IP}:{EXTERNAL_PORT}/outside"), &[])
+        .in_sleep_pod(&format!("http://{NODE_IP}:{EXTERNAL_PORT}/outside"), &[])
         .unwrap_or_else(|e| panic!("{e:#}\n{}", c.context()));
     expect_app(&r, "external").unwrap_or_else(|e| panic!("{e:#}\n{}", c.context()));
     assert_eq!(

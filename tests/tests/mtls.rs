@@ -61,6 +61,16 @@ fn envoy_certs(mesh: &Mesh, proxy: &str) -> anyhow::Result<Vec<(String, Vec<Stri
     Ok(out)
 }
 
+/// The serials of the workload certificates (those with a SPIFFE URI) a
+/// proxy's Envoy holds.
+fn leaf_serials(mesh: &Mesh, proxy: &str) -> anyhow::Result<BTreeSet<String>> {
+    Ok(envoy_certs(mesh, proxy)?
+        .into_iter()
+        .filter(|(_, uris)| !uris.is_empty())
+        .map(|(serial, _)| serial)
+        .collect())
+}
+
 fn spiffe(sa: &str) -> String {
     format!("spiffe://cluster.local/ns/default/sa/{sa}")
 }
@@ -297,7 +307,8 @@ fn restart_keeps_the_root_and_the_mesh() {
     });
     let root = mesh.sextant.ca().unwrap().root_cert();
     let before = std::fs::read_to_string(&root).unwrap();
-    let serial_before = envoy_certs(&mesh, CLIENT).unwrap();
+    let before_restart = leaf_serials(&mesh, CLIENT).unwrap();
+    assert!(!before_restart.is_empty(), "no workload certificate in /certs");
     mesh.sextant.restart();
     assert_eq!(
         std::fs::read_to_string(&root).unwrap(),
@@ -307,9 +318,22 @@ fn restart_keeps_the_root_and_the_mesh() {
     // A renewal after the restart (20 s TTL, rotation at 10 s) is signed by
     // the same root, and traffic keeps flowing over mTLS.
     mesh.wait("a certificate renewed after the restart", CONVERGE, || {
-        let now = envoy_certs(&mesh, CLIENT)?;
-        Ok((now != serial_before && !now.is_empty()).then_some(()))
+        let now = leaf_serials(&mesh, CLIENT)?;
+        Ok((!now.is_empty() && now.is_disjoint(&before_restart)).then_some(()))
     });
+    let certs_dir = mesh.proxy(CLIENT).certs_dir.clone().unwrap();
+    let verify = Command::new("openssl")
+        .arg("verify")
+        .arg("-CAfile")
+        .arg(&root)
+        .arg(certs_dir.join("cert-chain.pem"))
+        .output()
+        .expect("running openssl verify");
+    assert!(
+        verify.status.success(),
+        "the renewed certificate does not chain to the same root: {}",
+        String::from_utf8_lossy(&verify.stderr)
+    );
     for _ in 0..10 {
         let r = mesh.request(CLIENT, &reviews()).unwrap();
         assert_eq!(r.status, 200, "{}", r.body);

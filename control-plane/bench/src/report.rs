@@ -33,6 +33,10 @@ pub struct Machine {
     pub cpus: usize,
     pub cpu_model: String,
     pub memory_bytes: u64,
+    /// /proc/loadavg when the run started and ended: other work on the
+    /// machine inflates wall-clock figures.
+    pub load_average_start: String,
+    pub load_average_end: String,
 }
 
 impl Machine {
@@ -54,8 +58,20 @@ impl Machine {
                 .and_then(|n| n.parse::<u64>().ok())
                 .unwrap_or(0)
                 * 1024,
+            load_average_start: load_average(),
+            load_average_end: String::new(),
         }
     }
+}
+
+/// The 1, 5 and 15 minute load averages.
+pub fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .unwrap_or_default()
+        .split_whitespace()
+        .take(3)
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// Figures of the pure parts, timed in the bench process.
@@ -218,13 +234,15 @@ impl Report {
         let m = &self.machine;
         let _ = writeln!(
             s,
-            "sextant load run: {} services, {} proxies, {:?} — {} CPUs ({}), {} RAM",
+            "sextant load run: {} services, {} proxies, {:?} — {} CPUs ({}), {} RAM, load average {} at start, {} at end",
             self.services,
             self.proxies,
             self.protocol,
             m.cpus,
             m.cpu_model,
-            human_bytes(m.memory_bytes as f64)
+            human_bytes(m.memory_bytes as f64),
+            m.load_average_start,
+            m.load_average_end,
         );
         let _ = writeln!(s);
         let ip = &self.in_process;

@@ -48,6 +48,7 @@ pub struct RunOptions {
 }
 
 pub async fn run(options: RunOptions) -> anyhow::Result<Report> {
+    let mut machine = Machine::this();
     let spec = MeshSpec::new(options.services);
     let temporary;
     let work = match &options.keep {
@@ -184,7 +185,10 @@ pub async fn run(options: RunOptions) -> anyhow::Result<Report> {
         metrics,
     };
     let mut report = Report {
-        machine: Machine::this(),
+        machine: {
+            machine.load_average_end = crate::report::load_average();
+            machine
+        },
         services: options.services,
         proxies: options.proxies,
         protocol: options.protocol,

@@ -37,6 +37,7 @@ use sextant_xds::pb::envoy::config::cluster::v3::cluster::{
     LbPolicy,
 };
 use sextant_xds::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
+use sextant_xds::pb::envoy::config::core::v3::{BindConfig, SocketAddress, socket_address};
 use sextant_xds::pb::envoy::config::route::v3::route_action::HashPolicy;
 use sextant_xds::{InterceptionMode, Proxy, ProxyType};
 
@@ -66,7 +67,12 @@ pub fn clusters(mesh: &MeshSnapshot, proxy: &Proxy) -> Vec<Cluster> {
             out.push(cluster);
         }
     }
-    for cluster in [blackhole_cluster(), passthrough_cluster()] {
+    let catch_all = [
+        blackhole_cluster(),
+        passthrough_cluster(),
+        inbound_passthrough_cluster(),
+    ];
+    for cluster in catch_all {
         if seen.insert(cluster.name.clone()) {
             out.push(cluster);
         }
@@ -369,6 +375,26 @@ pub fn passthrough_cluster() -> Cluster {
         ..base_cluster(names::PASSTHROUGH_CLUSTER.to_string())
     };
     traffic_policy::apply_passthrough(&mut cluster);
+    cluster
+}
+
+/// Istio's `InboundPassthroughCluster`: captured inbound connections to a
+/// port no service declares go to their original destination (the pod's
+/// own address) from 127.0.0.6. Istio's iptables rules let connections from
+/// that source through to the application; from any other source, Envoy's
+/// own connection to its pod address would be captured again (uid 1337 on
+/// `lo` is redirected to 15006) and loop.
+pub fn inbound_passthrough_cluster() -> Cluster {
+    let mut cluster = passthrough_cluster();
+    cluster.name = names::INBOUND_PASSTHROUGH_CLUSTER.to_string();
+    cluster.upstream_bind_config = Some(BindConfig {
+        source_address: Some(SocketAddress {
+            address: names::INBOUND_PASSTHROUGH_SOURCE.to_string(),
+            port_specifier: Some(socket_address::PortSpecifier::PortValue(0)),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
     cluster
 }
 

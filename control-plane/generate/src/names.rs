@@ -16,6 +16,12 @@ pub fn inbound_cluster(port: u32) -> String {
 /// these depending on the outbound traffic policy.
 pub const BLACKHOLE_CLUSTER: &str = "BlackHoleCluster";
 pub const PASSTHROUGH_CLUSTER: &str = "PassthroughCluster";
+/// Where a captured inbound connection to a port without a service goes:
+/// its original destination, from 127.0.0.6 so that iptables lets it reach
+/// the application instead of capturing it again.
+pub const INBOUND_PASSTHROUGH_CLUSTER: &str = "InboundPassthroughCluster";
+/// The source address of Envoy's connections to the local application.
+pub const INBOUND_PASSTHROUGH_SOURCE: &str = "127.0.0.6";
 
 /// Name of the outbound route configuration for a port: sidecars use the
 /// port number (`9080`), gateways `http.PORT` (`http.80`).

@@ -72,6 +72,16 @@ pub struct BootstrapArgs {
     /// REDIRECT, TPROXY or NONE.
     #[arg(long, default_value = "REDIRECT")]
     interception_mode: String,
+    /// Serve Istio's readiness endpoint `GET /healthz/ready` on this port
+    /// (Istio's 15021; kubelet probes it), answered by Envoy's admin
+    /// `/ready`. Off when not given (several Envoys share loopback in the
+    /// local mesh).
+    #[arg(long)]
+    health_port: Option<u16>,
+    /// Serve Envoy's Prometheus stats `GET /stats/prometheus` on this port
+    /// (Istio's 15090) for scrapers. Off when not given.
+    #[arg(long)]
+    stats_port: Option<u16>,
 }
 
 fn parse_labels(s: &str) -> Result<BTreeMap<String, String>, String> {
@@ -174,6 +184,21 @@ fn render(args: &BootstrapArgs) -> anyhow::Result<String> {
         clusters.push(sds_cluster(path));
     }
     clusters.push(xds_cluster);
+    let mut listeners = Vec::new();
+    if args.health_port.is_some() || args.stats_port.is_some() {
+        clusters.push(admin_cluster(args));
+    }
+    if let Some(port) = args.health_port {
+        listeners.push(admin_proxy_listener("health", port, "/healthz/ready", "/ready"));
+    }
+    if let Some(port) = args.stats_port {
+        listeners.push(admin_proxy_listener(
+            "stats",
+            port,
+            "/stats/prometheus",
+            "/stats/prometheus",
+        ));
+    }
     let bootstrap = json!({
         "node": {
             "id": node_id,
@@ -190,7 +215,7 @@ fn render(args: &BootstrapArgs) -> anyhow::Result<String> {
             "cds_config": { "ads": {}, "resource_api_version": "V3" },
             "lds_config": { "ads": {}, "resource_api_version": "V3" },
         },
-        "static_resources": { "clusters": clusters },
+        "static_resources": { "clusters": clusters, "listeners": listeners },
         "admin": {
             "address": { "socket_address": { "address": args.admin_address.to_string(), "port_value": args.admin_port } },
         },
@@ -208,6 +233,52 @@ fn http2_only() -> Value {
             "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
             "explicit_http_config": { "http2_protocol_options": {} },
         },
+    })
+}
+
+/// Envoy's own admin interface as a cluster, for the health and stats
+/// listeners (Istio's `prometheus_stats` and `agent` clusters).
+const ADMIN_CLUSTER: &str = "envoy-admin";
+
+fn admin_cluster(args: &BootstrapArgs) -> Value {
+    json!({
+        "name": ADMIN_CLUSTER,
+        "type": "STATIC",
+        "connect_timeout": "1s",
+        "load_assignment": {
+            "cluster_name": ADMIN_CLUSTER,
+            "endpoints": [{ "lb_endpoints": [{ "endpoint": { "address": {
+                "socket_address": { "address": args.admin_address.to_string(), "port_value": args.admin_port }
+            }}}]}],
+        },
+    })
+}
+
+/// A listener on every address answering only `GET path`, from Envoy's
+/// admin `admin_path`: the admin interface itself stays on loopback.
+fn admin_proxy_listener(name: &str, port: u16, path: &str, admin_path: &str) -> Value {
+    json!({
+        "name": format!("{name}-{port}"),
+        "address": { "socket_address": { "address": "0.0.0.0", "port_value": port } },
+        "filter_chains": [{ "filters": [{
+            "name": "envoy.filters.network.http_connection_manager",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+                "stat_prefix": name,
+                "route_config": { "virtual_hosts": [{
+                    "name": name,
+                    "domains": ["*"],
+                    "routes": [{
+                        "match": { "path": path, "headers": [{ "name": ":method", "string_match": { "exact": "GET" } }] },
+                        "route": { "cluster": ADMIN_CLUSTER, "prefix_rewrite": admin_path },
+                    }],
+                }]},
+                "http_filters": [{
+                    "name": "envoy.filters.http.router",
+                    "typed_config": { "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router" },
+                }],
+            },
+        }]}],
     })
 }
 

@@ -12,8 +12,7 @@ use prometheus_client::registry::Registry;
 use sextant_ca::metrics::CaMetrics;
 use sextant_ca::pb::istio_certificate_service_server::IstioCertificateServiceServer;
 use sextant_ca::service::{
-    Authenticator, CaService, Chain, ClientCertAuthenticator, TokenAuthenticator,
-    server_tls_config,
+    Authenticator, CaService, Chain, ClientCertAuthenticator, TokenAuthenticator, server_tls_config,
 };
 use sextant_ca::{CaOptions, CertificateAuthority};
 use tonic::transport::ServerTlsConfig;

@@ -59,8 +59,9 @@ pub fn run(args: InjectArgs) -> anyhow::Result<()> {
     };
     let output = inject_yaml(&input, &config).with_context(|| format!("injecting {source}"))?;
     match &args.output {
-        Some(path) => std::fs::write(path, output)
-            .with_context(|| format!("writing {}", path.display()))?,
+        Some(path) => {
+            std::fs::write(path, output).with_context(|| format!("writing {}", path.display()))?
+        }
         None => std::io::stdout()
             .write_all(output.as_bytes())
             .context("writing standard output")?,

@@ -150,7 +150,9 @@ impl Authenticator for TokenReviewAuthenticator {
         let (namespace, service_account) =
             match ca_secret::review_token(&self.client, token, TOKEN_AUDIENCE).await {
                 Ok(identity) => identity,
-                Err(e @ (KubeError::Unauthenticated { .. } | KubeError::NotServiceAccount { .. })) => {
+                Err(
+                    e @ (KubeError::Unauthenticated { .. } | KubeError::NotServiceAccount { .. }),
+                ) => {
                     return Err(Status::unauthenticated(e.to_string()));
                 }
                 // The API server could not answer: not the caller's fault,
@@ -178,7 +180,9 @@ fn bearer_token<T>(request: &Request<T>) -> Result<&str, Status> {
         .to_str()
         .map_err(|_| Status::unauthenticated("authorization metadata is not ASCII"))?;
     match value.split_once(' ') {
-        Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") && !token.trim().is_empty() => {
+        Some((scheme, token))
+            if scheme.eq_ignore_ascii_case("bearer") && !token.trim().is_empty() =>
+        {
             Ok(token.trim())
         }
         _ => Err(Status::unauthenticated(
@@ -201,7 +205,8 @@ pub async fn publish_root(
     let mut recheck = tokio::time::interval(CA_BUNDLE_RECHECK);
     loop {
         if leader.borrow_and_update().is_leader() {
-            let current: BTreeSet<String> = namespaces.borrow_and_update().keys().cloned().collect();
+            let current: BTreeSet<String> =
+                namespaces.borrow_and_update().keys().cloned().collect();
             let new: Vec<String> = current.difference(&published).cloned().collect();
             if !new.is_empty() {
                 let report = ca_secret::publish_root_cert(&client, &new, &root_pem).await;
@@ -277,8 +282,13 @@ pub async fn patch_ca_bundles(
             mutating
                 .patch(MUTATING_WEBHOOK, &patch_params(), &Patch::Strategic(patch))
                 .await
-                .with_context(|| format!("patch MutatingWebhookConfiguration {MUTATING_WEBHOOK}"))?;
-            tracing::info!(name = MUTATING_WEBHOOK, "patched the caBundle of MutatingWebhookConfiguration");
+                .with_context(|| {
+                    format!("patch MutatingWebhookConfiguration {MUTATING_WEBHOOK}")
+                })?;
+            tracing::info!(
+                name = MUTATING_WEBHOOK,
+                "patched the caBundle of MutatingWebhookConfiguration"
+            );
         }
     }
     Ok(())
@@ -316,11 +326,14 @@ mod tests {
     use serde_json::{Value, json};
     use tower_test::mock;
 
+    /// A request the mock API server saw: method, path, JSON body.
+    type Seen = (String, String, Value);
+
     /// A client whose API server answers every TokenReview with `answer`
     /// (given the reviewed token and audiences), recording the requests.
     fn token_review_server(
         answer: impl Fn(&str, &[String]) -> (u16, Value) + Send + 'static,
-    ) -> (kube::Client, tokio::task::JoinHandle<Vec<(String, String, Value)>>) {
+    ) -> (kube::Client, tokio::task::JoinHandle<Vec<Seen>>) {
         let (service, mut handle) = mock::pair::<HttpRequest<Body>, HttpResponse<Body>>();
         let server = tokio::spawn(async move {
             let mut seen = Vec::new();
@@ -329,7 +342,10 @@ mod tests {
                 let path = request.uri().path().to_string();
                 let body = request.into_body().collect_bytes().await.unwrap();
                 let body: Value = serde_json::from_slice(&body).unwrap();
-                let token = body["spec"]["token"].as_str().unwrap_or_default().to_string();
+                let token = body["spec"]["token"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string();
                 let audiences: Vec<String> =
                     serde_json::from_value(body["spec"]["audiences"].clone()).unwrap_or_default();
                 let (code, mut reply) = answer(&token, &audiences);
@@ -415,14 +431,20 @@ mod tests {
             .await
             .unwrap_err();
         assert_eq!(expired.code(), tonic::Code::Unauthenticated);
-        assert!(expired.message().contains("token has expired"), "{expired:?}");
+        assert!(
+            expired.message().contains("token has expired"),
+            "{expired:?}"
+        );
 
         let admin = authn
             .authenticate(&csr_request(Some("Bearer admin-token")))
             .await
             .unwrap_err();
         assert_eq!(admin.code(), tonic::Code::Unauthenticated);
-        assert!(admin.message().contains("not a Kubernetes service account"), "{admin:?}");
+        assert!(
+            admin.message().contains("not a Kubernetes service account"),
+            "{admin:?}"
+        );
 
         let broken = authn
             .authenticate(&csr_request(Some("Bearer broken")))
@@ -446,7 +468,10 @@ mod tests {
                 body["spec"]["token"].as_str().unwrap()
             })
             .collect();
-        assert_eq!(tokens, ["reviews-token", "old-token", "admin-token", "broken"]);
+        assert_eq!(
+            tokens,
+            ["reviews-token", "old-token", "admin-token", "broken"]
+        );
     }
 
     #[test]
@@ -495,9 +520,7 @@ mod rbac {
             .arg("template")
             .arg(root.join("charts/sextant"))
             .output()
-            .unwrap_or_else(|e| {
-                panic!("{}: {e} (run `make -C /work/main tools`)", helm.display())
-            });
+            .unwrap_or_else(|e| panic!("{}: {e} (run `make -C /work/main tools`)", helm.display()));
         assert!(
             out.status.success(),
             "{}",

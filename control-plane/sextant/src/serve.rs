@@ -118,7 +118,8 @@ async fn serve(mut args: ServeArgs) -> anyhow::Result<()> {
     // A second handle on the socket for the admin server that answers while
     // the CA waits (below); tokio's listener cannot be cloned itself.
     let admin_listener = listener.into_std().context("the admin socket")?;
-    let listener = tokio::net::TcpListener::from_std(admin_listener.try_clone().context("the admin socket")?)?;
+    let listener =
+        tokio::net::TcpListener::from_std(admin_listener.try_clone().context("the admin socket")?)?;
     // Served before the CA is ready (a follower waits for the leader's CA
     // Secret): /ready says not yet, /metrics is filled once xDS starts.
     let early_admin = admin::router(admin_state.clone());
@@ -266,7 +267,10 @@ async fn serve(mut args: ServeArgs) -> anyhow::Result<()> {
     if let (Some(stop), Some(source)) = (kube_stop, kube_source) {
         // Give up the leader Lease, so another replica takes over at once.
         stop.send_replace(true);
-        if tokio::time::timeout(KUBE_SHUTDOWN_GRACE, source).await.is_err() {
+        if tokio::time::timeout(KUBE_SHUTDOWN_GRACE, source)
+            .await
+            .is_err()
+        {
             tracing::warn!("the Kubernetes source did not stop in time");
         }
     }

@@ -228,8 +228,7 @@ fn inject_adds_the_sidecar_and_its_bootstrap_reaches_sextant_by_service_name() {
     )
     .unwrap();
     make_executable(&fake_sextant);
-    let entrypoint =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../webhook/proxy-entrypoint.sh");
+    let entrypoint = Path::new(env!("CARGO_MANIFEST_DIR")).join("../webhook/proxy-entrypoint.sh");
     let config_dir = work.join("proxy");
     let run = Command::new("sh")
         .arg(&entrypoint)
@@ -302,10 +301,7 @@ fn inject_names_the_file_it_cannot_read_or_parse() {
     let out = inject(&["-f", "/nonexistent/deployment.yaml"], "");
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        stderr.contains("/nonexistent/deployment.yaml"),
-        "{stderr}"
-    );
+    assert!(stderr.contains("/nonexistent/deployment.yaml"), "{stderr}");
 
     let out = inject(&["-f", "-"], "kind: Deployment\nspec: [\n");
     assert!(!out.status.success());

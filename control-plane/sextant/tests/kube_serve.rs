@@ -2,7 +2,7 @@
 //! fails at once and says why, and the admission webhooks answer over TLS
 //! with a certificate from Sextant's CA for istiod's Service name.
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -96,10 +96,7 @@ fn webhook_addr_needs_a_ca() {
         .unwrap();
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        stderr.contains("--webhook-addr needs a CA"),
-        "{stderr}"
-    );
+    assert!(stderr.contains("--webhook-addr needs a CA"), "{stderr}");
 }
 
 /// An HTTP/1.1 POST over TLS, verifying the server as `server_name` with
@@ -123,7 +120,7 @@ fn post_tls(
         .with_no_client_auth();
     let name = ServerName::try_from(server_name.to_string()).unwrap();
     let connection = rustls::ClientConnection::new(Arc::new(config), name).unwrap();
-    let mut tcp = TcpStream::connect(addr)?;
+    let tcp = TcpStream::connect(addr)?;
     tcp.set_read_timeout(Some(Duration::from_secs(10)))?;
     let mut tls = rustls::StreamOwned::new(connection, tcp);
     write!(
@@ -214,12 +211,20 @@ fn webhooks_answer_over_tls_with_a_certificate_for_the_service_name() {
             })
             .filter(|certs| !certs.is_empty());
         if let Some(root) = root
-            && let Ok(answer) =
-                post_tls(&webhook, "istiod.istio-system.svc", &root, "/validate", &invalid)
+            && let Ok(answer) = post_tls(
+                &webhook,
+                "istiod.istio-system.svc",
+                &root,
+                "/validate",
+                &invalid,
+            )
         {
             break answer;
         }
-        assert!(Instant::now() < deadline, "the webhook server never answered");
+        assert!(
+            Instant::now() < deadline,
+            "the webhook server never answered"
+        );
         std::thread::sleep(Duration::from_millis(100));
     };
     assert_eq!(status, 200, "{body}");
@@ -255,14 +260,19 @@ fn webhooks_answer_over_tls_with_a_certificate_for_the_service_name() {
         }
     })
     .to_string();
-    let root = CertificateDer::pem_slice_iter(&std::fs::read(ca_dir.path().join("ca-cert.pem")).unwrap())
-        .collect::<Result<Vec<_>, _>>()
-        .unwrap();
+    let root =
+        CertificateDer::pem_slice_iter(&std::fs::read(ca_dir.path().join("ca-cert.pem")).unwrap())
+            .collect::<Result<Vec<_>, _>>()
+            .unwrap();
     let (status, body) =
         post_tls(&webhook, "istiod.istio-system.svc", &root, "/inject", &pod).unwrap();
     assert_eq!(status, 200, "{body}");
     let review: serde_json::Value = serde_json::from_str(&body).unwrap();
-    assert_eq!(review["response"]["allowed"].as_bool(), Some(true), "{review}");
+    assert_eq!(
+        review["response"]["allowed"].as_bool(),
+        Some(true),
+        "{review}"
+    );
     use base64::Engine;
     let patch = base64::engine::general_purpose::STANDARD
         .decode(review["response"]["patch"].as_str().expect("a patch"))

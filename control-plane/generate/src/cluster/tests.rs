@@ -179,6 +179,7 @@ fn outbound_names_and_discovery_types() {
         names,
         [
             "BlackHoleCluster",
+            "InboundPassthroughCluster",
             "PassthroughCluster",
             "outbound|3306||*.wild.example.com",
             "outbound|443||httpbin.org",
@@ -189,6 +190,18 @@ fn outbound_names_and_discovery_types() {
             "outbound|9080||reviews.default.svc.cluster.local",
         ]
     );
+
+    // Captured inbound traffic to undeclared ports leaves from 127.0.0.6,
+    // which Istio's iptables rules let through to the application.
+    let inbound_passthrough = find(&cs, "InboundPassthroughCluster");
+    assert_eq!(kind(inbound_passthrough), DiscoveryType::OriginalDst);
+    let source = inbound_passthrough
+        .upstream_bind_config
+        .as_ref()
+        .and_then(|b| b.source_address.as_ref())
+        .expect("a source address");
+    assert_eq!(source.address, "127.0.0.6");
+    assert!(find(&cs, "PassthroughCluster").upstream_bind_config.is_none());
 
     let reviews = find(&cs, "outbound|9080||reviews.default.svc.cluster.local");
     assert_eq!(kind(reviews), DiscoveryType::Eds);
@@ -290,6 +303,7 @@ spec:
         names,
         [
             "BlackHoleCluster",
+            "InboundPassthroughCluster",
             "PassthroughCluster",
             "outbound|9080|v1|reviews.default.svc.cluster.local",
             "outbound|9080|v2|reviews.default.svc.cluster.local",

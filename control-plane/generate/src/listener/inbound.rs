@@ -101,14 +101,14 @@ impl<'a> InboundSecurity<'a> {
     }
 
     /// The chains for connections to ports without an inbound cluster,
-    /// forwarded to their original destination (`PassthroughCluster`, as
-    /// Istio's InboundPassthroughCluster): the workload's mode for every
+    /// forwarded to their original destination (Istio's
+    /// `InboundPassthroughCluster`): the workload's mode for every
     /// port, and each port-level mode of a port not in `served`, matched on
     /// that port.
     pub(super) fn passthrough_chains(&self, served: &BTreeSet<u32>) -> Vec<FilterChain> {
         let filters = || {
             vec![tcp_proxy(&TcpTarget::Cluster(
-                names::PASSTHROUGH_CLUSTER.to_string(),
+                names::INBOUND_PASSTHROUGH_CLUSTER.to_string(),
             ))]
         };
         let mut out = Vec::new();

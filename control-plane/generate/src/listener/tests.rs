@@ -380,7 +380,7 @@ fn redirect_mode_layout() {
     };
     assert_eq!(routes.name, "inbound|9080||");
     assert_eq!(tcp_cluster(&vi.filter_chains[0]), "BlackHoleCluster");
-    assert_eq!(tcp_cluster(&vi.filter_chains[2]), "PassthroughCluster");
+    assert_eq!(tcp_cluster(&vi.filter_chains[2]), "InboundPassthroughCluster");
 }
 
 #[test]
@@ -1574,10 +1574,10 @@ fn permissive_by_default_with_sds() {
     // Unknown ports pass through, mutual TLS terminated (TCP ALPN) or not.
     let passthrough = chain_named(vi, "virtualInbound-mtls");
     assert_istio_mutual(passthrough, &["istio-peer-exchange", "h2", "http/1.1"]);
-    assert_eq!(tcp_cluster(passthrough), "PassthroughCluster");
+    assert_eq!(tcp_cluster(passthrough), "InboundPassthroughCluster");
     assert_eq!(
         tcp_cluster(chain_named(vi, "virtualInbound-tls")),
-        "PassthroughCluster"
+        "InboundPassthroughCluster"
     );
 
     // The same proxy without an agent has no certificate: plain text only,
