@@ -49,6 +49,24 @@ with zipfile.ZipFile(io.BytesIO(layer)) as z:
 PY
 fi
 
+# The capture test (tests/tests/capture.rs) runs Istio's iptables layout in
+# network namespaces: it needs iptables, iproute2, util-linux's setpriv,
+# curl and openssl (also used to verify certificates). Installed from
+# Debian's packages when missing and this runs as root with apt.
+missing=()
+for tool in iptables:iptables ip:iproute2 setpriv:util-linux curl:curl openssl:openssl; do
+  command -v "${tool%%:*}" >/dev/null 2>&1 || missing+=("${tool##*:}")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "install-tools: installing ${missing[*]} from Debian's packages"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null \
+      || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null; }
+  else
+    echo "install-tools: missing ${missing[*]} (install them; the capture test needs them)" >&2
+  fi
+fi
+
 "$bin/envoy" --version | grep version
 "$bin/helm" version --short
 "$bin/kubectl" version --client 2>/dev/null | sed -n 1p

@@ -136,6 +136,8 @@ set -- \
     --cluster-id "$CLUSTER_ID" \
     --interception-mode "$INTERCEPTION_MODE" \
     --admin-port "$ADMIN_PORT" \
+    --health-port 15021 \
+    --stats-port 15090 \
     --sds-socket "$SDS_SOCKET"
 if [ "$xds_tls" = true ]; then
     set -- "$@" --xds-tls --xds-server-name "$(host_of "$DISCOVERY_ADDRESS")"

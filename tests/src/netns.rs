@@ -95,7 +95,13 @@ pub fn prerequisites() -> Result<(), Missing> {
         }
     }
     remove_stale();
-    let probe = format!("{PREFIX}{}-probe", std::process::id());
+    // Unique per call: tests check the prerequisites in parallel.
+    static PROBES: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let probe = format!(
+        "{PREFIX}{}-probe{}",
+        std::process::id(),
+        PROBES.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+    );
     let out = Command::new("ip")
         .args(["netns", "add", &probe])
         .output()

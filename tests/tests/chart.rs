@@ -39,47 +39,47 @@ use serde_json::{Value, json};
 #[rustfmt::skip]
 const CLUSTER_RULES: &[(&str, &str, &[&str])] = &[
     // Istio configuration, every kind of crds/istio-crds.yaml: watched.
-    ("networking.istio.io", "destinationrules", &["get", "list", "watch"]),
-    ("networking.istio.io", "gateways", &["get", "list", "watch"]),
-    ("networking.istio.io", "serviceentries", &["get", "list", "watch"]),
-    ("networking.istio.io", "sidecars", &["get", "list", "watch"]),
-    ("networking.istio.io", "virtualservices", &["get", "list", "watch"]),
-    ("networking.istio.io", "workloadentries", &["get", "list", "watch"]),
-    ("security.istio.io", "authorizationpolicies", &["get", "list", "watch"]),
-    ("security.istio.io", "peerauthentications", &["get", "list", "watch"]),
-    ("security.istio.io", "requestauthentications", &["get", "list", "watch"]),
-    ("rbac.istio.io", "clusterrbacconfigs", &["get", "list", "watch"]),
-    ("rbac.istio.io", "rbacconfigs", &["get", "list", "watch"]),
-    ("rbac.istio.io", "servicerolebindings", &["get", "list", "watch"]),
-    ("rbac.istio.io", "serviceroles", &["get", "list", "watch"]),
+    ("networking.istio.io", "destinationrules", &["list", "watch"]),
+    ("networking.istio.io", "gateways", &["list", "watch"]),
+    ("networking.istio.io", "serviceentries", &["list", "watch"]),
+    ("networking.istio.io", "sidecars", &["list", "watch"]),
+    ("networking.istio.io", "virtualservices", &["list", "watch"]),
+    ("networking.istio.io", "workloadentries", &["list", "watch"]),
+    ("security.istio.io", "authorizationpolicies", &["list", "watch"]),
+    ("security.istio.io", "peerauthentications", &["list", "watch"]),
+    ("security.istio.io", "requestauthentications", &["list", "watch"]),
+    ("rbac.istio.io", "clusterrbacconfigs", &["list", "watch"]),
+    ("rbac.istio.io", "rbacconfigs", &["list", "watch"]),
+    ("rbac.istio.io", "servicerolebindings", &["list", "watch"]),
+    ("rbac.istio.io", "serviceroles", &["list", "watch"]),
     // Their status: validation conditions, written by the leader.
-    ("networking.istio.io", "destinationrules/status", &["get", "update", "patch"]),
-    ("networking.istio.io", "gateways/status", &["get", "update", "patch"]),
-    ("networking.istio.io", "serviceentries/status", &["get", "update", "patch"]),
-    ("networking.istio.io", "sidecars/status", &["get", "update", "patch"]),
-    ("networking.istio.io", "virtualservices/status", &["get", "update", "patch"]),
-    ("networking.istio.io", "workloadentries/status", &["get", "update", "patch"]),
-    ("security.istio.io", "authorizationpolicies/status", &["get", "update", "patch"]),
-    ("security.istio.io", "peerauthentications/status", &["get", "update", "patch"]),
-    ("security.istio.io", "requestauthentications/status", &["get", "update", "patch"]),
-    ("rbac.istio.io", "clusterrbacconfigs/status", &["get", "update", "patch"]),
-    ("rbac.istio.io", "rbacconfigs/status", &["get", "update", "patch"]),
-    ("rbac.istio.io", "servicerolebindings/status", &["get", "update", "patch"]),
-    ("rbac.istio.io", "serviceroles/status", &["get", "update", "patch"]),
+    ("networking.istio.io", "destinationrules/status", &["patch"]),
+    ("networking.istio.io", "gateways/status", &["patch"]),
+    ("networking.istio.io", "serviceentries/status", &["patch"]),
+    ("networking.istio.io", "sidecars/status", &["patch"]),
+    ("networking.istio.io", "virtualservices/status", &["patch"]),
+    ("networking.istio.io", "workloadentries/status", &["patch"]),
+    ("security.istio.io", "authorizationpolicies/status", &["patch"]),
+    ("security.istio.io", "peerauthentications/status", &["patch"]),
+    ("security.istio.io", "requestauthentications/status", &["patch"]),
+    ("rbac.istio.io", "clusterrbacconfigs/status", &["patch"]),
+    ("rbac.istio.io", "rbacconfigs/status", &["patch"]),
+    ("rbac.istio.io", "servicerolebindings/status", &["patch"]),
+    ("rbac.istio.io", "serviceroles/status", &["patch"]),
     // The service registry.
-    ("", "services", &["get", "list", "watch"]),
-    ("discovery.k8s.io", "endpointslices", &["get", "list", "watch"]),
-    ("", "pods", &["get", "list", "watch"]),
-    ("", "namespaces", &["get", "list", "watch"]),
+    ("", "services", &["list", "watch"]),
+    ("discovery.k8s.io", "endpointslices", &["list", "watch"]),
+    ("", "pods", &["list", "watch"]),
+    ("", "namespaces", &["list", "watch"]),
     // Gateway certificates (credentialName), any namespace.
-    ("", "secrets", &["get", "list", "watch"]),
-    // The mesh ConfigMap `istio`; istio-ca-root-cert in every namespace.
-    ("", "configmaps", &["get", "list", "watch", "create", "update"]),
+    ("", "secrets", &["list", "watch"]),
+    // istio-ca-root-cert in every namespace (the mesh ConfigMap: the Role).
+    ("", "configmaps", &["get", "create", "patch"]),
     // CSR callers' service-account tokens.
     ("authentication.k8s.io", "tokenreviews", &["create"]),
     // The leader patches the webhooks' caBundle.
-    ("admissionregistration.k8s.io", "validatingwebhookconfigurations", &["get", "list", "watch", "update", "patch"]),
-    ("admissionregistration.k8s.io", "mutatingwebhookconfigurations", &["get", "list", "watch", "update", "patch"]),
+    ("admissionregistration.k8s.io", "validatingwebhookconfigurations", &["get", "patch"]),
+    ("admissionregistration.k8s.io", "mutatingwebhookconfigurations", &["get", "patch"]),
 ];
 
 /// Rules of the Role in the release namespace: (API group, resource, verbs).
@@ -87,10 +87,13 @@ const CLUSTER_RULES: &[(&str, &str, &[&str])] = &[
 /// charts/sextant/templates/role.yaml.
 #[rustfmt::skip]
 const NAMESPACE_RULES: &[(&str, &str, &[&str])] = &[
-    // The CA Secret istio-ca-secret, created by the leader when absent.
-    ("", "secrets", &["get", "create", "update"]),
+    // The CA Secret istio-ca-secret, created by the leader when absent;
+    // the plugged-in cacerts, read.
+    ("", "secrets", &["get", "create"]),
     // Leader election.
     ("coordination.k8s.io", "leases", &["get", "create", "update"]),
+    // The mesh ConfigMap `istio`, watched.
+    ("", "configmaps", &["list", "watch"]),
 ];
 
 const NAMESPACE: &str = "istio-system";
@@ -1086,13 +1089,13 @@ fn rbac_covers_every_istio_kind_and_its_status() {
             let resources = want.entry(group.clone()).or_default();
             resources.insert(plural.clone());
             resources.insert(format!("{plural}/status"));
-            for verb in ["get", "list", "watch"] {
+            for verb in ["list", "watch"] {
                 assert!(
                     table.contains(&(group.clone(), plural.clone(), verb.to_string())),
                     "{group}/{plural} lacks {verb}"
                 );
             }
-            for verb in ["get", "update", "patch"] {
+            for verb in ["patch"] {
                 assert!(
                     table.contains(&(group.clone(), format!("{plural}/status"), verb.to_string())),
                     "{group}/{plural}/status lacks {verb}"
@@ -1108,7 +1111,7 @@ fn rbac_covers_every_istio_kind_and_its_status() {
     for (group, resource, verb) in &table {
         if istio_groups.contains(group.as_str()) && !resource.ends_with("/status") {
             assert!(
-                ["get", "list", "watch"].contains(&verb.as_str()),
+                ["list", "watch"].contains(&verb.as_str()),
                 "{group}/{resource} {verb}"
             );
         }

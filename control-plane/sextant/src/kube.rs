@@ -567,8 +567,6 @@ mod rbac {
     }
 
     #[test]
-    #[ignore = "the chart's RBAC differs from the code's calls (see the report): \
-                configmaps lack `patch`, and it grants unused get/update/list/watch verbs"]
     fn the_chart_grants_exactly_the_calls_the_code_makes() {
         let granted = chart_rules();
         let used = code_calls();
