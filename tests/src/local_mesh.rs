@@ -738,57 +738,57 @@ impl Mesh {
             .args(flags)
             .args(["--ip", &ip.to_string()])
             .args(["--admin-address", "127.0.0.1", "--admin-port", "0"]);
-        let (agent, certs_dir, agent_log) = match (&self.mtls, self.sextant.ca(), self.sextant.tls_addr)
-        {
-            (Some(mtls), Some(ca), Some(tls)) => {
-                let socket = dir.join("sds.sock");
-                let certs = dir.join("certs");
-                let token = dir.join("token");
-                std::fs::write(&token, token_of(namespace, service_account))?;
-                let log = self.log_dir.join(format!("agent-{name}.log"));
-                let agent = Killed::spawn(
-                    Command::new(sextant_bin())
-                        .arg("agent")
-                        .args(["--ca-addr", &format!("https://{tls}")])
-                        .arg("--ca-root-cert")
-                        .arg(ca.root_cert())
-                        .arg("--token-file")
-                        .arg(&token)
-                        .args(["--namespace", namespace])
-                        .args(["--service-account", service_account])
+        let (agent, certs_dir, agent_log) =
+            match (&self.mtls, self.sextant.ca(), self.sextant.tls_addr) {
+                (Some(mtls), Some(ca), Some(tls)) => {
+                    let socket = dir.join("sds.sock");
+                    let certs = dir.join("certs");
+                    let token = dir.join("token");
+                    std::fs::write(&token, token_of(namespace, service_account))?;
+                    let log = self.log_dir.join(format!("agent-{name}.log"));
+                    let agent = Killed::spawn(
+                        Command::new(sextant_bin())
+                            .arg("agent")
+                            .args(["--ca-addr", &format!("https://{tls}")])
+                            .arg("--ca-root-cert")
+                            .arg(ca.root_cert())
+                            .arg("--token-file")
+                            .arg(&token)
+                            .args(["--namespace", namespace])
+                            .args(["--service-account", service_account])
+                            .arg("--sds-socket")
+                            .arg(&socket)
+                            .arg("--output-dir")
+                            .arg(&certs)
+                            .args(["--cert-ttl", &mtls.cert_ttl])
+                            .args(["--rotate-at", &mtls.rotate_at.to_string()])
+                            .env("RUST_LOG", "info"),
+                        &log,
+                    )?;
+                    wait_for(
+                        &format!("{name}'s agent to serve a certificate"),
+                        TIMEOUT,
+                        || {
+                            if let Some(status) = agent.exited() {
+                                bail!("the agent of {name} exited ({status})");
+                            }
+                            Ok((socket.exists() && certs.join("cert-chain.pem").exists())
+                                .then_some(()))
+                        },
+                        || format!("--- agent {name} log ---\n{}", tail(&log, 30)),
+                    );
+                    bootstrap
                         .arg("--sds-socket")
                         .arg(&socket)
-                        .arg("--output-dir")
-                        .arg(&certs)
-                        .args(["--cert-ttl", &mtls.cert_ttl])
-                        .args(["--rotate-at", &mtls.rotate_at.to_string()])
-                        .env("RUST_LOG", "info"),
-                    &log,
-                )?;
-                wait_for(
-                    &format!("{name}'s agent to serve a certificate"),
-                    TIMEOUT,
-                    || {
-                        if let Some(status) = agent.exited() {
-                            bail!("the agent of {name} exited ({status})");
-                        }
-                        Ok((socket.exists() && certs.join("cert-chain.pem").exists())
-                            .then_some(()))
-                    },
-                    || format!("--- agent {name} log ---\n{}", tail(&log, 30)),
-                );
-                bootstrap
-                    .arg("--sds-socket")
-                    .arg(&socket)
-                    .arg("--xds-tls")
-                    .args(["--xds-addr", &tls.to_string()]);
-                (Some(agent), Some(certs), Some(log))
-            }
-            _ => {
-                bootstrap.args(["--xds-addr", &self.sextant.xds_addr.to_string()]);
-                (None, None, None)
-            }
-        };
+                        .arg("--xds-tls")
+                        .args(["--xds-addr", &tls.to_string()]);
+                    (Some(agent), Some(certs), Some(log))
+                }
+                _ => {
+                    bootstrap.args(["--xds-addr", &self.sextant.xds_addr.to_string()]);
+                    (None, None, None)
+                }
+            };
         let output = bootstrap.output().context("running sextant bootstrap")?;
         if !output.status.success() {
             bail!(
@@ -970,7 +970,11 @@ impl Mesh {
                 bail!("envoy {} exited ({status}):\n{}", p.name, tail(&p.log, 40));
             }
             if let (Some(status), Some(log)) = (p.agent_exited(), &p.agent_log) {
-                bail!("the agent of {} exited ({status}):\n{}", p.name, tail(log, 40));
+                bail!(
+                    "the agent of {} exited ({status}):\n{}",
+                    p.name,
+                    tail(log, 40)
+                );
             }
         }
         Ok(())

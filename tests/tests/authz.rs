@@ -595,7 +595,7 @@ fn authorization_policies() {
         "productpage-viewer",
         "productpage",
         "ALLOW",
-        &format!("  -{}", &get_only[3..]),
+        "  - to:\n    - operation:\n        methods: [\"GET\"]",
     );
     yaml += &policy(
         "details-viewer",

@@ -5,6 +5,7 @@
 //! Each test runs its own local mesh on its own loopback range
 //! (127.0.BASE.*) with [`MeshOptions::mtls`].
 use std::collections::BTreeSet;
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -69,6 +70,24 @@ fn leaf_serials(mesh: &Mesh, proxy: &str) -> anyhow::Result<BTreeSet<String>> {
         .filter(|(_, uris)| !uris.is_empty())
         .map(|(serial, _)| serial)
         .collect())
+}
+
+/// `openssl verify` (not our code) accepts the certificate against the root.
+fn assert_chains_to(root: &Path, cert: &Path) {
+    let verify = Command::new("openssl")
+        .arg("verify")
+        .arg("-CAfile")
+        .arg(root)
+        .arg(cert)
+        .output()
+        .expect("running openssl verify");
+    assert!(
+        verify.status.success(),
+        "openssl verify {}: {}{}",
+        cert.display(),
+        String::from_utf8_lossy(&verify.stdout),
+        String::from_utf8_lossy(&verify.stderr)
+    );
 }
 
 fn spiffe(sa: &str) -> String {
@@ -141,24 +160,15 @@ fn sidecars_talk_mutual_tls_and_peer_authentication_modes() {
         .filter(|(k, _)| k.starts_with("listener.") && k.ends_with(".ssl.handshake"))
         .filter_map(|(_, v)| v.parse::<u64>().ok())
         .sum();
-    assert!(server_handshakes > 0, "no TLS handshake on reviews' listener");
+    assert!(
+        server_handshakes > 0,
+        "no TLS handshake on reviews' listener"
+    );
 
     // The agent's certificate chains to the CA's root (openssl, not ours).
     let certs_dir = server.certs_dir.clone().expect("an mTLS mesh has certs");
     let root = mesh.sextant.ca().unwrap().root_cert();
-    let verify = Command::new("openssl")
-        .arg("verify")
-        .arg("-CAfile")
-        .arg(&root)
-        .arg(certs_dir.join("cert-chain.pem"))
-        .output()
-        .expect("running openssl verify");
-    assert!(
-        verify.status.success(),
-        "openssl verify: {}{}",
-        String::from_utf8_lossy(&verify.stdout),
-        String::from_utf8_lossy(&verify.stderr)
-    );
+    assert_chains_to(&root, &certs_dir.join("cert-chain.pem"));
 
     // PERMISSIVE (no PeerAuthentication): a plain-text client outside the
     // mesh is served too.
@@ -308,7 +318,10 @@ fn restart_keeps_the_root_and_the_mesh() {
     let root = mesh.sextant.ca().unwrap().root_cert();
     let before = std::fs::read_to_string(&root).unwrap();
     let before_restart = leaf_serials(&mesh, CLIENT).unwrap();
-    assert!(!before_restart.is_empty(), "no workload certificate in /certs");
+    assert!(
+        !before_restart.is_empty(),
+        "no workload certificate in /certs"
+    );
     mesh.sextant.restart();
     assert_eq!(
         std::fs::read_to_string(&root).unwrap(),
@@ -322,18 +335,7 @@ fn restart_keeps_the_root_and_the_mesh() {
         Ok((!now.is_empty() && now.is_disjoint(&before_restart)).then_some(()))
     });
     let certs_dir = mesh.proxy(CLIENT).certs_dir.clone().unwrap();
-    let verify = Command::new("openssl")
-        .arg("verify")
-        .arg("-CAfile")
-        .arg(&root)
-        .arg(certs_dir.join("cert-chain.pem"))
-        .output()
-        .expect("running openssl verify");
-    assert!(
-        verify.status.success(),
-        "the renewed certificate does not chain to the same root: {}",
-        String::from_utf8_lossy(&verify.stderr)
-    );
+    assert_chains_to(&root, &certs_dir.join("cert-chain.pem"));
     for _ in 0..10 {
         let r = mesh.request(CLIENT, &reviews()).unwrap();
         assert_eq!(r.status, 200, "{}", r.body);

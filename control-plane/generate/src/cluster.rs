@@ -36,8 +36,8 @@ use sextant_xds::pb::envoy::config::cluster::v3::cluster::{
     ClusterDiscoveryType, CommonLbConfig, DiscoveryType, DnsLookupFamily, EdsClusterConfig,
     LbPolicy,
 };
-use sextant_xds::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
 use sextant_xds::pb::envoy::config::core::v3::{BindConfig, SocketAddress, socket_address};
+use sextant_xds::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
 use sextant_xds::pb::envoy::config::route::v3::route_action::HashPolicy;
 use sextant_xds::{InterceptionMode, Proxy, ProxyType};
 

@@ -189,7 +189,12 @@ fn render(args: &BootstrapArgs) -> anyhow::Result<String> {
         clusters.push(admin_cluster(args));
     }
     if let Some(port) = args.health_port {
-        listeners.push(admin_proxy_listener("health", port, "/healthz/ready", "/ready"));
+        listeners.push(admin_proxy_listener(
+            "health",
+            port,
+            "/healthz/ready",
+            "/ready",
+        ));
     }
     if let Some(port) = args.stats_port {
         listeners.push(admin_proxy_listener(

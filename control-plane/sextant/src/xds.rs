@@ -28,7 +28,11 @@ pub struct XdsArgs {
     /// Address of the plaintext xDS server (ADS, SotW and Delta; Istio's
     /// port 15010). Proxies there are taken at their word: for local
     /// development and trusted networks.
-    #[arg(long = "xds-plaintext-addr", visible_alias = "xds-addr", default_value = "0.0.0.0:15010")]
+    #[arg(
+        long = "xds-plaintext-addr",
+        visible_alias = "xds-addr",
+        default_value = "0.0.0.0:15010"
+    )]
     pub xds_addr: SocketAddr,
     /// Serve no plaintext xDS: only the TLS port (`--ca-dir`), where every
     /// proxy proves its identity with a certificate.
@@ -63,7 +67,9 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         "m" => secs(60),
         "h" => secs(3600),
         "d" => secs(24 * 3600),
-        _ => Err(format!("{s:?}: unknown unit {unit:?} (use ms, s, m, h or d)")),
+        _ => Err(format!(
+            "{s:?}: unknown unit {unit:?} (use ms, s, m, h or d)"
+        )),
     }
 }
 

@@ -30,7 +30,8 @@ pub const HTTP_RBAC_FILTER: &str = "envoy.filters.http.rbac";
 pub const NETWORK_RBAC_FILTER: &str = "envoy.filters.network.rbac";
 /// Istio's stat prefix of the network RBAC filter: `tcp.rbac.allowed`...
 pub const TCP_STAT_PREFIX: &str = "tcp.";
-/// Istio's shadow (dry-run) stat prefixes: `rbac.istio_dry_run_allow_shadow_denied`...
+/// Istio's shadow (dry-run) stat prefixes: Envoy 1.40 counts
+/// `http.<prefix>.rbac.istio_dry_run_allow_.shadow_denied` (a dot after the prefix)...
 pub const DRY_RUN_ALLOW_STAT_PREFIX: &str = "istio_dry_run_allow_";
 pub const DRY_RUN_DENY_STAT_PREFIX: &str = "istio_dry_run_deny_";
 /// Appended to the names of CUSTOM rules turned into denies.

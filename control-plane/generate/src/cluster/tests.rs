@@ -201,7 +201,11 @@ fn outbound_names_and_discovery_types() {
         .and_then(|b| b.source_address.as_ref())
         .expect("a source address");
     assert_eq!(source.address, "127.0.0.6");
-    assert!(find(&cs, "PassthroughCluster").upstream_bind_config.is_none());
+    assert!(
+        find(&cs, "PassthroughCluster")
+            .upstream_bind_config
+            .is_none()
+    );
 
     let reviews = find(&cs, "outbound|9080||reviews.default.svc.cluster.local");
     assert_eq!(kind(reviews), DiscoveryType::Eds);

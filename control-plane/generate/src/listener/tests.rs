@@ -380,7 +380,10 @@ fn redirect_mode_layout() {
     };
     assert_eq!(routes.name, "inbound|9080||");
     assert_eq!(tcp_cluster(&vi.filter_chains[0]), "BlackHoleCluster");
-    assert_eq!(tcp_cluster(&vi.filter_chains[2]), "InboundPassthroughCluster");
+    assert_eq!(
+        tcp_cluster(&vi.filter_chains[2]),
+        "InboundPassthroughCluster"
+    );
 }
 
 #[test]
