@@ -8,7 +8,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 export PATH := $(CURDIR)/.tools/bin:$(PATH)
 
-.PHONY: all build tools test lint crds run validate-samples clean e2e
+.PHONY: all build tools test lint crds run validate-samples clean e2e bench
 
 all: build
 
@@ -18,10 +18,20 @@ tools:
 build:
 	$(CARGO) build --workspace --locked
 
+# The end-to-end tests run the binaries built here (SEXTANT_BIN,
+# SAMPLE_APP_BIN) instead of building them again with other features.
+TARGET_DIR = $${CARGO_TARGET_DIR:-$(CURDIR)/target}
+
 test: tools
 	$(CARGO) build --workspace --locked
-	$(CARGO) test --workspace --locked
+	SEXTANT_BIN=$(TARGET_DIR)/debug/sextant SAMPLE_APP_BIN=$(TARGET_DIR)/debug/sextant-sample-app \
+		$(CARGO) test --workspace --locked
 	$(MAKE) validate-samples
+
+# Benchmarks (figures, not pass/fail): the CSR service against openssl's raw
+# signing rate, and the xDS load harness (control-plane/bench).
+bench:
+	$(CARGO) bench --locked -p sextant-ca --bench csr_load
 
 # Every Istio sample must validate unchanged (exit 0).
 validate-samples:

@@ -97,20 +97,38 @@ pub async fn connect(url: &str) -> anyhow::Result<Channel> {
     }
 }
 
-/// Runs client `index` until its stream ends; a failure is recorded.
+/// Runs client `index` for as long as the run lasts. As Envoy, a client
+/// whose stream the server ends (or breaks) reconnects after a backoff
+/// and subscribes again from scratch; each such loss is recorded as a
+/// disconnect. A client that cannot connect at all is recorded as failed.
 pub async fn run(
     index: usize,
-    channel: Channel,
+    url: &str,
+    mut channel: Channel,
     node: Node,
     protocol: Protocol,
     recorder: Arc<Recorder>,
 ) {
-    let result = match protocol {
-        Protocol::Sotw => sotw(index, channel, node, &recorder).await,
-        Protocol::Delta => delta(index, channel, node, &recorder).await,
-    };
-    if let Err(e) = result {
-        recorder.fail(index, format!("{e:#}"));
+    let mut backoff = Duration::from_millis(500);
+    loop {
+        let result = match protocol {
+            Protocol::Sotw => sotw(index, channel, node.clone(), &recorder).await,
+            Protocol::Delta => delta(index, channel, node.clone(), &recorder).await,
+        };
+        let error = match result {
+            Ok(never) => match never {},
+            Err(e) => e,
+        };
+        recorder.disconnected(index, format!("{error:#}"));
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(10));
+        channel = match connect(url).await {
+            Ok(channel) => channel,
+            Err(e) => {
+                recorder.fail(index, format!("reconnecting: {e:#}"));
+                return;
+            }
+        };
     }
 }
 
@@ -318,7 +336,7 @@ async fn sotw(
     channel: Channel,
     node: Node,
     recorder: &Recorder,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<std::convert::Infallible> {
     let interner = &recorder.interner;
     let (tx, rx) = mpsc::unbounded_channel::<DiscoveryRequest>();
     let send = |request: DiscoveryRequest| {
@@ -440,7 +458,7 @@ async fn delta(
     channel: Channel,
     node: Node,
     recorder: &Recorder,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<std::convert::Infallible> {
     let interner = &recorder.interner;
     let (tx, rx) = mpsc::unbounded_channel::<DeltaDiscoveryRequest>();
     let send = |request: DeltaDiscoveryRequest| {

@@ -132,6 +132,7 @@ pub struct Recorder {
     ready: Vec<OnceLock<Instant>>,
     ready_count: AtomicUsize,
     failures: Mutex<Vec<(usize, String)>>,
+    disconnects: Mutex<Vec<(usize, Instant, String)>>,
 }
 
 impl Recorder {
@@ -142,6 +143,7 @@ impl Recorder {
             ready: (0..clients).map(|_| OnceLock::new()).collect(),
             ready_count: AtomicUsize::new(0),
             failures: Mutex::new(Vec::new()),
+            disconnects: Mutex::new(Vec::new()),
         }
     }
 
@@ -175,6 +177,19 @@ impl Recorder {
             .lock()
             .expect("failures")
             .push((client, error));
+    }
+
+    /// Client `i` lost its stream (and will reconnect).
+    pub fn disconnected(&self, client: usize, error: String) {
+        tracing::warn!(client, %error, "xDS stream lost; reconnecting");
+        self.disconnects
+            .lock()
+            .expect("disconnects")
+            .push((client, Instant::now(), error));
+    }
+
+    pub fn disconnects(&self) -> Vec<(usize, Instant, String)> {
+        self.disconnects.lock().expect("disconnects").clone()
     }
 
     pub fn failures(&self) -> Vec<(usize, String)> {

@@ -25,6 +25,8 @@ pub struct Report {
     pub bench_cpu_s: f64,
     /// The first few client failures.
     pub client_failures: Vec<String>,
+    /// Streams lost during the run (the clients reconnect, as Envoy does).
+    pub disconnects: Disconnects,
     pub targets: Vec<Target>,
 }
 
@@ -146,6 +148,18 @@ pub struct ServerReport {
 }
 
 #[derive(Debug, Serialize)]
+pub struct Disconnects {
+    pub total: usize,
+    /// Distinct proxies that lost their stream at least once.
+    pub proxies: usize,
+    /// Lost before every proxy had its full config.
+    pub during_connect: usize,
+    /// From the start of connecting to the first loss.
+    pub first_after_ms: Option<f64>,
+    pub examples: Vec<String>,
+}
+
+#[derive(Debug, Serialize)]
 pub struct Target {
     pub name: String,
     pub target: String,
@@ -218,6 +232,12 @@ pub fn targets(report: &Report) -> Vec<Target> {
             change.redundant_responses == 0 && change.unconcerned_proxies_pushed == 0,
         );
     }
+    add(
+        "no stream lost",
+        "0",
+        report.disconnects.total.to_string(),
+        report.disconnects.total == 0,
+    );
     add(
         "server peak RSS",
         "< 300 MB",
@@ -371,6 +391,20 @@ impl Report {
             "bench process CPU      {:.2} s (clients share the machine)",
             self.bench_cpu_s
         );
+        let d = &self.disconnects;
+        if d.total > 0 {
+            let _ = writeln!(
+                s,
+                "streams lost           {} ({} proxies, {} while connecting, first after {}); the clients reconnected",
+                d.total,
+                d.proxies,
+                d.during_connect,
+                human_ms(d.first_after_ms.unwrap_or(0.0))
+            );
+            for example in &d.examples {
+                let _ = writeln!(s, "  {example}");
+            }
+        }
         for failure in &self.client_failures {
             let _ = writeln!(s, "client failure         {failure}");
         }

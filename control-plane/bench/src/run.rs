@@ -17,7 +17,8 @@ use crate::client::{self, Protocol};
 use crate::mesh::{Change, MeshSpec};
 use crate::record::{Event, Recorder, Ty};
 use crate::report::{
-    ChangeReport, FullConfig, InProcess, Machine, Report, ServerReport, TypeCount, targets,
+    ChangeReport, Disconnects, FullConfig, InProcess, Machine, Report, ServerReport, TypeCount,
+    targets,
 };
 use crate::server::{self, ServerProcess};
 use crate::stats::Summary;
@@ -101,7 +102,7 @@ pub async fn run(options: RunOptions) -> anyhow::Result<Report> {
             let channel = client::connect(&url).await;
             drop(permit);
             match channel {
-                Ok(channel) => client::run(i, channel, node, protocol, recorder).await,
+                Ok(channel) => client::run(i, &url, channel, node, protocol, recorder).await,
                 Err(e) => recorder.fail(i, format!("{e:#}")),
             }
         }));
@@ -109,6 +110,7 @@ pub async fn run(options: RunOptions) -> anyhow::Result<Report> {
     let clients = AbortOnDrop(tasks);
 
     wait_for_full_config(&recorder, &mut server, options.connect_timeout, start).await?;
+    let connect_end = Instant::now();
     let connect_events = recorder.since(0);
     let connected = server.usage()?;
     let ready: Vec<Duration> = (0..options.proxies)
@@ -130,8 +132,11 @@ pub async fn run(options: RunOptions) -> anyhow::Result<Report> {
     settle(&recorder, options.settle).await;
 
     let mut samples: BTreeMap<Change, Vec<ChangeSample>> = BTreeMap::new();
+    // Proxies that got their config and are still there (a lost stream
+    // reconnects; only a proxy that cannot reconnect is gone).
+    let failed: BTreeSet<usize> = recorder.failures().iter().map(|(i, _)| *i).collect();
     let alive: Vec<bool> = (0..options.proxies)
-        .map(|i| recorder.ready_at(i).is_some())
+        .map(|i| recorder.ready_at(i).is_some() && !failed.contains(&i))
         .collect();
     for round in 1..=options.rounds {
         for (n, kind) in options.kinds.iter().enumerate() {
@@ -164,6 +169,7 @@ pub async fn run(options: RunOptions) -> anyhow::Result<Report> {
         BTreeMap::new()
     });
     let failures = recorder.failures();
+    let disconnects = recorder.disconnects();
     // The clients go first: a server that stops under them is no failure.
     drop(clients);
     server.stop();
@@ -202,6 +208,27 @@ pub async fn run(options: RunOptions) -> anyhow::Result<Report> {
             .take(10)
             .map(|(i, e)| format!("proxy {i}: {e}"))
             .collect(),
+        disconnects: Disconnects {
+            total: disconnects.len(),
+            proxies: disconnects
+                .iter()
+                .map(|(i, _, _)| *i)
+                .collect::<BTreeSet<usize>>()
+                .len(),
+            during_connect: disconnects
+                .iter()
+                .filter(|(_, at, _)| *at <= connect_end)
+                .count(),
+            first_after_ms: disconnects
+                .iter()
+                .map(|(_, at, _)| crate::stats::ms(*at - start))
+                .reduce(f64::min),
+            examples: disconnects
+                .iter()
+                .take(3)
+                .map(|(i, _, e)| format!("proxy {i}: {e}"))
+                .collect(),
+        },
         targets: Vec::new(),
     };
     report.targets = targets(&report);
@@ -320,8 +347,19 @@ async fn measure_change(
 
     let mut reached: BTreeMap<u32, Instant> = BTreeMap::new();
     let mut cursor = position;
+    let mut expected = expected;
+    let failures_before = recorder.failures().len();
     while reached.len() < expected && written.elapsed() < options.change_timeout {
         tokio::time::sleep(Duration::from_millis(2)).await;
+        // A proxy that gave up reconnecting is no longer waited for.
+        let failures = recorder.failures();
+        if failures.len() > failures_before {
+            expected = concerned.iter().filter(|c| **c).count()
+                - failures[failures_before..]
+                    .iter()
+                    .filter(|(i, _)| concerned[*i])
+                    .count();
+        }
         let events = recorder.since(cursor);
         cursor += events.len();
         for e in events {
@@ -333,7 +371,7 @@ async fn measure_change(
     settle(recorder, options.settle).await;
     Ok(ChangeSample {
         latencies: reached.values().map(|at| *at - written).collect(),
-        missed: expected - reached.len(),
+        missed: expected.saturating_sub(reached.len()),
         events: recorder.since(position),
         unconcerned,
     })
