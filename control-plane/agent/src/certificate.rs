@@ -81,6 +81,8 @@ pub struct WorkloadCertificate {
     pub serial: String,
     pub not_before: SystemTime,
     pub not_after: SystemTime,
+    /// When the agent got it (checked it).
+    pub received: SystemTime,
 }
 
 /// Never prints the key.
@@ -183,6 +185,7 @@ impl WorkloadCertificate {
             serial: leaf.serial.to_str_radix(16),
             not_before,
             not_after,
+            received: now,
         })
     }
 
@@ -198,10 +201,15 @@ impl WorkloadCertificate {
     }
 
     /// When to ask for the next certificate: `rotate_at` (0..1) of the way
-    /// through the certificate's own validity, whatever TTL was asked (the
-    /// CA may shorten it).
+    /// through the certificate's validity from when it arrived, whatever TTL
+    /// was asked (the CA may shorten it). Not from `not_before`: CAs
+    /// backdate it for clock skew (Sextant's by two minutes), which for a
+    /// short TTL would put the rotation time in the past and renew in a
+    /// loop.
     pub fn rotation_time(&self, rotate_at: f64) -> SystemTime {
-        self.not_before + self.lifetime().mul_f64(rotate_at.clamp(0.0, 1.0))
+        let start = self.not_before.max(self.received);
+        let usable = self.not_after.duration_since(start).unwrap_or_default();
+        start + usable.mul_f64(rotate_at.clamp(0.0, 1.0))
     }
 }
 
@@ -339,10 +347,17 @@ mod tests {
         assert_eq!(cert.root_pem.trim(), root.cert.pem().trim());
         assert_eq!(cert.lifetime(), Duration::from_secs(3600));
         assert!(cert.is_valid_at(SystemTime::now()));
+        let start = cert.not_before.max(cert.received);
         assert_eq!(
             cert.rotation_time(0.5),
-            cert.not_before + Duration::from_secs(1800)
+            start + cert.not_after.duration_since(start).unwrap() / 2
         );
+        // A CA that backdates not_before (clock skew) does not move the
+        // rotation before the certificate arrived.
+        let mut backdated = cert.clone();
+        backdated.not_before -= Duration::from_secs(120);
+        assert!(backdated.rotation_time(0.5) > backdated.received);
+        assert_eq!(backdated.rotation_time(0.5), cert.rotation_time(0.5));
         let der = Pem::iter_from_buffer(leaf.as_bytes())
             .next()
             .unwrap()

@@ -201,6 +201,7 @@ mod tests {
             serial: serial.to_string(),
             not_before: SystemTime::UNIX_EPOCH,
             not_after: SystemTime::UNIX_EPOCH + Duration::from_secs(10),
+            received: SystemTime::UNIX_EPOCH,
         }
     }
 
