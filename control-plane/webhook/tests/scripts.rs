@@ -462,7 +462,7 @@ fn the_entrypoint_bootstraps_then_supervises_agent_and_envoy() {
          --pod-name productpage-v1-6b746f74dc-x7k2p --namespace bookinfo --service-account bookinfo-productpage \
          --labels app=productpage,pod-template-hash=6b746f74dc,version=v1 --ip 10.244.1.17 \
          --xds-addr istiod.istio-system.svc:15012 --cluster-id Kubernetes --interception-mode REDIRECT \
-         --admin-port 15000 --sds-socket /var/run/secrets/workload-spiffe-uds/socket \
+         --admin-port 15000 --health-port 15021 --stats-port 15090 --sds-socket /var/run/secrets/workload-spiffe-uds/socket \
          --xds-tls --xds-server-name istiod.istio-system.svc"
     );
     assert_eq!(
@@ -491,7 +491,7 @@ fn plaintext_xds_and_ipv6_addresses() {
     assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
     let bootstrap = read(&dir, "sextant-bootstrap.args");
     assert!(
-        bootstrap.ends_with("--xds-addr sextant.sextant-system.svc:15010 --cluster-id Kubernetes --interception-mode REDIRECT --admin-port 15000 --sds-socket /var/run/secrets/workload-spiffe-uds/socket"),
+        bootstrap.ends_with("--xds-addr sextant.sextant-system.svc:15010 --cluster-id Kubernetes --interception-mode REDIRECT --admin-port 15000 --health-port 15021 --stats-port 15090 --sds-socket /var/run/secrets/workload-spiffe-uds/socket"),
         "{bootstrap}"
     );
     assert!(read(&dir, "sextant-agent.args").contains("--ca-addr http://[fd00::10]:15010 --ca-root-cert /var/run/secrets/istio/root-cert.pem --ca-server-name fd00::10 "));
