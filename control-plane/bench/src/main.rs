@@ -70,6 +70,10 @@ struct RunArgs {
     /// Print the report as JSON (the table goes to stderr).
     #[arg(long)]
     json: bool,
+    /// Stop waiting once the server's RSS passes this many MB (the report
+    /// shows where things stood), to spare the machine.
+    #[arg(long, default_value_t = 12_000)]
+    max_server_rss_mb: u64,
     /// Extra arguments for `sextant serve` (repeatable), e.g.
     /// `--server-arg=--debounce-quiet=50ms`.
     #[arg(long = "server-arg", allow_hyphen_values = true)]
@@ -161,6 +165,7 @@ fn run_command(args: RunArgs) -> anyhow::Result<()> {
         settle: Duration::from_millis(args.settle_ms),
         keep: args.keep,
         server_args: args.server_args,
+        max_server_rss: args.max_server_rss_mb * 1_000_000,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

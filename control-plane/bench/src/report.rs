@@ -121,11 +121,15 @@ pub struct ChangeReport {
     pub missed: usize,
     pub bytes_per_change: f64,
     pub bytes_per_proxy_concerned: f64,
+    /// Median over the proxies concerned of what each received.
+    pub median_bytes_per_proxy: u64,
     pub responses_per_change: f64,
     /// Responses that changed nothing the proxy had.
     pub redundant_responses: usize,
     /// Proxies the change did not concern that got a response anyway.
     pub unconcerned_proxies_pushed: usize,
+    /// Server CPU seconds from the write until it was idle again.
+    pub server_cpu_s_per_change: f64,
     pub by_type: BTreeMap<Ty, TypeCount>,
 }
 
@@ -301,7 +305,7 @@ impl Report {
         let _ = writeln!(s);
         let _ = writeln!(
             s,
-            "{:<22} {:>3} {:>7} {:>9} {:>9} {:>9} {:>9} {:>6} {:>10} {:>10} {:>6} {:>9} {:>11}",
+            "{:<22} {:>3} {:>7} {:>9} {:>9} {:>9} {:>9} {:>6} {:>10} {:>10} {:>6} {:>9} {:>11} {:>8}",
             "change",
             "n",
             "proxies",
@@ -311,15 +315,16 @@ impl Report {
             "last p50",
             "missed",
             "bytes/chg",
-            "bytes/prx",
+            "bytes/prx~",
             "resp",
             "redundant",
-            "unconcerned"
+            "unconcerned",
+            "cpu/chg"
         );
         for c in &self.changes {
             let _ = writeln!(
                 s,
-                "{:<22} {:>3} {:>7.0} {:>9} {:>9} {:>9} {:>9} {:>6} {:>10} {:>10} {:>6.0} {:>9} {:>11}",
+                "{:<22} {:>3} {:>7.0} {:>9} {:>9} {:>9} {:>9} {:>6} {:>10} {:>10} {:>6.0} {:>9} {:>11} {:>8}",
                 c.kind.as_str(),
                 c.changes,
                 c.proxies_concerned_per_change,
@@ -329,10 +334,11 @@ impl Report {
                 human_ms(c.last_ack.median_ms),
                 c.missed,
                 human_bytes(c.bytes_per_change),
-                human_bytes(c.bytes_per_proxy_concerned),
+                human_bytes(c.median_bytes_per_proxy as f64),
                 c.responses_per_change,
                 c.redundant_responses,
-                c.unconcerned_proxies_pushed
+                c.unconcerned_proxies_pushed,
+                format!("{:.1} s", c.server_cpu_s_per_change)
             );
         }
         for c in &self.changes {

@@ -46,6 +46,9 @@ pub struct RunOptions {
     pub keep: Option<PathBuf>,
     /// Extra `sextant serve` arguments.
     pub server_args: Vec<String>,
+    /// Stop waiting (connect or change) once the server's resident memory
+    /// passes this, to spare the machine; the report shows where it stood.
+    pub max_server_rss: u64,
 }
 
 pub async fn run(options: RunOptions) -> anyhow::Result<Report> {
@@ -109,7 +112,7 @@ pub async fn run(options: RunOptions) -> anyhow::Result<Report> {
     }
     let clients = AbortOnDrop(tasks);
 
-    wait_for_full_config(&recorder, &mut server, options.connect_timeout, start).await?;
+    wait_for_full_config(&recorder, &mut server, &options, start).await?;
     let connect_end = Instant::now();
     let connect_events = recorder.since(0);
     let connected = server.usage()?;
@@ -130,6 +133,7 @@ pub async fn run(options: RunOptions) -> anyhow::Result<Report> {
         "full config"
     );
     settle(&recorder, options.settle).await;
+    server.wait_idle(options.change_timeout).await?;
 
     let mut samples: BTreeMap<Change, Vec<ChangeSample>> = BTreeMap::new();
     // Proxies that got their config and are still there (a lost stream
@@ -141,7 +145,9 @@ pub async fn run(options: RunOptions) -> anyhow::Result<Report> {
     for round in 1..=options.rounds {
         for (n, kind) in options.kinds.iter().enumerate() {
             let k = (round as usize * 7919 + n * 31) % options.services;
-            let sample = measure_change(
+            let before = server.usage()?.cpu_seconds;
+            let mut sample = measure_change(
+                &server,
                 &spec,
                 &recorder,
                 &config_dir,
@@ -152,8 +158,14 @@ pub async fn run(options: RunOptions) -> anyhow::Result<Report> {
                 &options,
             )
             .await?;
+            // The push is over when the server is idle again (proxies with
+            // nothing new get no response, but still cost a generation);
+            // the next change starts from there.
+            server.wait_idle(options.change_timeout).await?;
+            sample.cpu_seconds = server.usage()?.cpu_seconds - before;
             tracing::info!(
                 change = kind.as_str(),
+                cpu_s = sample.cpu_seconds,
                 service = k,
                 converged = sample.latencies.len(),
                 missed = sample.missed,
@@ -249,9 +261,10 @@ impl Drop for AbortOnDrop {
 async fn wait_for_full_config(
     recorder: &Recorder,
     server: &mut ServerProcess,
-    timeout: Duration,
+    options: &RunOptions,
     start: Instant,
 ) -> anyhow::Result<()> {
+    let timeout = options.connect_timeout;
     let total = recorder.clients();
     let mut report_at = Instant::now() + Duration::from_secs(5);
     loop {
@@ -271,11 +284,18 @@ async fn wait_for_full_config(
             );
             return Ok(());
         }
+        if over_memory(server, options) {
+            return Ok(());
+        }
         if Instant::now() > report_at {
+            let rss_mb = server.usage().map(|u| u.rss_bytes / 1_000_000).unwrap_or(0);
+            let lost = recorder.disconnects().len();
             tracing::info!(
                 ready,
                 failed,
                 total,
+                lost,
+                rss_mb,
                 elapsed_s = start.elapsed().as_secs(),
                 "connecting"
             );
@@ -283,6 +303,20 @@ async fn wait_for_full_config(
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
+}
+
+/// Whether the server passed the memory limit of the run (logged).
+fn over_memory(server: &ServerProcess, options: &RunOptions) -> bool {
+    let rss = server.usage().map(|u| u.rss_bytes).unwrap_or(0);
+    if rss > options.max_server_rss {
+        tracing::warn!(
+            rss_mb = rss / 1_000_000,
+            limit_mb = options.max_server_rss / 1_000_000,
+            "the server passed the memory limit of the run; not waiting any longer"
+        );
+        return true;
+    }
+    false
 }
 
 /// Waits until no response has arrived for `quiet` (at most 10 quiet
@@ -313,6 +347,8 @@ pub(crate) struct ChangeSample {
     pub events: Vec<Event>,
     /// Proxies the change did not concern.
     pub unconcerned: BTreeSet<u32>,
+    /// Server CPU from the write until the server was idle again.
+    pub cpu_seconds: f64,
 }
 
 impl ChangeSample {
@@ -323,6 +359,7 @@ impl ChangeSample {
 
 #[allow(clippy::too_many_arguments)]
 async fn measure_change(
+    server: &ServerProcess,
     spec: &MeshSpec,
     recorder: &Recorder,
     config_dir: &std::path::Path,
@@ -349,8 +386,15 @@ async fn measure_change(
     let mut cursor = position;
     let mut expected = expected;
     let failures_before = recorder.failures().len();
+    let mut checked_memory = Instant::now();
     while reached.len() < expected && written.elapsed() < options.change_timeout {
         tokio::time::sleep(Duration::from_millis(2)).await;
+        if checked_memory.elapsed() > Duration::from_secs(1) {
+            checked_memory = Instant::now();
+            if over_memory(server, options) {
+                break;
+            }
+        }
         // A proxy that gave up reconnecting is no longer waited for.
         let failures = recorder.failures();
         if failures.len() > failures_before {
@@ -374,6 +418,7 @@ async fn measure_change(
         missed: expected.saturating_sub(reached.len()),
         events: recorder.since(position),
         unconcerned,
+        cpu_seconds: 0.0,
     })
 }
 
@@ -404,6 +449,20 @@ fn change_report(kind: Change, samples: &[ChangeSample]) -> ChangeReport {
         })
         .sum();
     let concerned: usize = samples.iter().map(|s| s.latencies.len() + s.missed).sum();
+    // Bytes each proxy concerned received after the change: the median is
+    // not moved by a proxy that reconnected and got everything again.
+    let mut per_proxy: Vec<u64> = Vec::new();
+    for sample in samples {
+        let mut bytes: BTreeMap<u32, u64> = BTreeMap::new();
+        for e in &sample.events {
+            if !sample.unconcerned.contains(&e.client) {
+                *bytes.entry(e.client).or_default() += e.bytes;
+            }
+        }
+        per_proxy.extend(bytes.values());
+    }
+    per_proxy.sort_unstable();
+    let median_bytes = per_proxy.get(per_proxy.len() / 2).copied().unwrap_or(0);
     ChangeReport {
         kind,
         changes: samples.len(),
@@ -417,8 +476,10 @@ fn change_report(kind: Change, samples: &[ChangeSample]) -> ChangeReport {
         } else {
             0.0
         },
+        median_bytes_per_proxy: median_bytes,
         responses_per_change: events().count() as f64 / n,
         redundant_responses: events().filter(|e| e.redundant()).count(),
+        server_cpu_s_per_change: samples.iter().map(|s| s.cpu_seconds).sum::<f64>() / n,
         unconcerned_proxies_pushed: unconcerned_pushed,
         by_type,
     }

@@ -108,6 +108,26 @@ impl ServerProcess {
         usage(self.pid)
     }
 
+    /// Waits until the server uses less than 5% of a CPU over a second
+    /// (at most `max`): a push to proxies that end up with nothing new
+    /// sends nothing, so silence on the streams does not mean the server
+    /// is done. Returns how long it waited.
+    pub async fn wait_idle(&self, max: Duration) -> anyhow::Result<Duration> {
+        let start = Instant::now();
+        let mut last = self.usage()?.cpu_seconds;
+        let mut last_at = Instant::now();
+        loop {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let now = self.usage()?.cpu_seconds;
+            let busy = (now - last) / last_at.elapsed().as_secs_f64();
+            if busy < 0.05 || start.elapsed() >= max {
+                return Ok(start.elapsed());
+            }
+            last = now;
+            last_at = Instant::now();
+        }
+    }
+
     /// `GET /metrics`: every `pilot_*` sample by its name and labels.
     pub async fn metrics(&self) -> anyhow::Result<BTreeMap<String, f64>> {
         let (status, body) = get(&format!("http://{}/metrics", self.admin_addr)).await?;
@@ -216,7 +236,7 @@ fn parse_usage(stat: &str, status: &str, ticks: f64) -> anyhow::Result<Usage> {
 async fn get(url: &str) -> anyhow::Result<(u16, String)> {
     let client: Client<_, Empty<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
     let uri: http::Uri = url.parse().with_context(|| format!("parsing {url}"))?;
-    let response = tokio::time::timeout(Duration::from_secs(10), client.get(uri))
+    let response = tokio::time::timeout(Duration::from_secs(60), client.get(uri))
         .await
         .with_context(|| format!("GET {url}: timed out"))?
         .with_context(|| format!("GET {url}"))?;
