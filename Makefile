@@ -28,10 +28,23 @@ test: tools
 		$(CARGO) test --workspace --locked
 	$(MAKE) validate-samples
 
-# Benchmarks (figures, not pass/fail): the CSR service against openssl's raw
-# signing rate, and the xDS load harness (control-plane/bench).
-bench:
+# Benchmarks (figures, not pass/fail): the CSR service against openssl's
+# sign+verify limit, criterion benches of the pure parts (CSR signing,
+# snapshot build, generation), 20 real Envoys converging on a route edit,
+# and the xDS load harness (control-plane/bench) at BENCH_SERVICES services
+# and BENCH_PROXIES proxies.
+BENCH_SERVICES ?= 1000
+BENCH_PROXIES ?= 2000
+RELEASE_BINS = SEXTANT_BIN=$(TARGET_DIR)/release/sextant SAMPLE_APP_BIN=$(TARGET_DIR)/release/sextant-sample-app
+
+bench: tools
+	$(CARGO) build --release --locked -p sextant -p sextant-sample-app -p sextant-bench
 	$(CARGO) bench --locked -p sextant-ca --bench csr_load
+	$(CARGO) bench --locked -p sextant-ca --bench sign
+	$(CARGO) bench --locked -p sextant-bench --bench generate
+	$(RELEASE_BINS) $(CARGO) run --release --locked -q -p sextant-e2e --bin envoy-convergence -- --envoys 20 --rounds 10
+	$(TARGET_DIR)/release/sextant-bench run --sextant $(TARGET_DIR)/release/sextant \
+		--services $(BENCH_SERVICES) --proxies $(BENCH_PROXIES)
 
 # Every Istio sample must validate unchanged (exit 0).
 validate-samples:

@@ -6,7 +6,9 @@
 #      on the agent's socket) to /etc/istio/proxy/envoy.yaml;
 #   2. starts `sextant agent` (workload key and certificate from the CA at
 #      CA_ADDR, authenticated with the istio-ca service account token,
-#      served to Envoy over SDS on a Unix socket);
+#      served to Envoy over SDS on a Unix socket; the status port
+#      STATUS_PORT, 15020, where kubelet's rewritten app probes from
+#      ISTIO_KUBE_APP_PROBERS are run against the app at INSTANCE_IP);
 #   3. starts Envoy on that bootstrap;
 # then supervises both: when either exits, the other is stopped and the
 # container exits with the first one's status, so Kubernetes restarts it.
@@ -20,7 +22,8 @@
 # Reads the environment the injector sets (control-plane/webhook/src/inject):
 # POD_NAME, POD_NAMESPACE, INSTANCE_IP, SERVICE_ACCOUNT, DISCOVERY_ADDRESS,
 # CA_ADDR, TRUST_DOMAIN, CLUSTER_DOMAIN, ISTIO_META_CLUSTER_ID,
-# ISTIO_META_INTERCEPTION_MODE, and the pod's labels from the downward API
+# ISTIO_META_INTERCEPTION_MODE, ISTIO_KUBE_APP_PROBERS (read by the agent
+# itself), and the pod's labels from the downward API
 # file /etc/istio/pod/labels. XDS_TLS (true, false, auto: TLS unless the
 # port is 15010) overrides how Envoy reaches DISCOVERY_ADDRESS.
 set -eu
@@ -33,6 +36,7 @@ SDS_SOCKET=${SDS_SOCKET:-/var/run/secrets/workload-spiffe-uds/socket}
 TOKEN_FILE=${TOKEN_FILE:-/var/run/secrets/tokens/istio-token}
 ROOT_CERT=${ROOT_CERT:-/var/run/secrets/istio/root-cert.pem}
 ADMIN_PORT=${ADMIN_PORT:-15000}
+STATUS_PORT=${STATUS_PORT:-15020}
 READY_TIMEOUT=${READY_TIMEOUT:-60}
 ENVOY_LOG_LEVEL=${ENVOY_LOG_LEVEL:-warning}
 
@@ -97,9 +101,16 @@ if [ -r "$POD_INFO_DIR/labels" ]; then
     labels=$(sed -n 's/^\([^=]*\)="\(.*\)"$/\1=\2/p' "$POD_INFO_DIR/labels" | tr '\n' ',' | sed 's/,$//')
 fi
 
+# Kubelet probes the pod IP, so the status port listens on every address.
 case "$INSTANCE_IP" in
-    *:*) ip_version=v6 ;;
-    *) ip_version=v4 ;;
+    *:*)
+        ip_version=v6
+        status_addr="[::]:$STATUS_PORT"
+        ;;
+    *)
+        ip_version=v4
+        status_addr="0.0.0.0:$STATUS_PORT"
+        ;;
 esac
 
 # The host of HOST:PORT (or of a URL), brackets of an IPv6 address removed:
@@ -158,7 +169,8 @@ log "wrote $bootstrap for $POD_NAMESPACE/$POD_NAME ($INSTANCE_IP), xDS at $DISCO
     --service-account "$SERVICE_ACCOUNT" \
     --trust-domain "$TRUST_DOMAIN" \
     --cluster-id "$CLUSTER_ID" \
-    --sds-socket "$SDS_SOCKET" &
+    --sds-socket "$SDS_SOCKET" \
+    --status-addr "$status_addr" &
 agent=$!
 
 "$ENVOY" -c "$bootstrap" \

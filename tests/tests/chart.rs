@@ -73,8 +73,9 @@ const CLUSTER_RULES: &[(&str, &str, &[&str])] = &[
     ("", "namespaces", &["list", "watch"]),
     // Gateway certificates (credentialName), any namespace.
     ("", "secrets", &["list", "watch"]),
-    // istio-ca-root-cert in every namespace (the mesh ConfigMap: the Role).
-    ("", "configmaps", &["get", "create", "patch"]),
+    // istio-ca-root-cert in every namespace, written and watched (the mesh
+    // ConfigMap: the Role).
+    ("", "configmaps", &["get", "create", "patch", "list", "watch"]),
     // CSR callers' service-account tokens.
     ("authentication.k8s.io", "tokenreviews", &["create"]),
     // The leader patches the webhooks' caBundle.

@@ -1,7 +1,9 @@
 //! `sextant agent` flags, and the checked configuration they make.
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::app_probe::{AppProbers, ProbeConfigError};
 use crate::certificate::{CertificateError, KeyType};
 use crate::identity::{IdentityError, SpiffeId};
 
@@ -69,6 +71,21 @@ pub struct AgentArgs {
     /// verify` or applications that read files.
     #[arg(long, value_name = "DIR")]
     pub output_dir: Option<PathBuf>,
+    /// Serve Istio's status port here: kubelet's rewritten app probes
+    /// (`/app-health/CONTAINER/livez|readyz|startupz`) and `/healthz/ready`
+    /// (200 once the workload certificate is there). The injected proxy
+    /// uses `0.0.0.0:15020`. Off when not given.
+    #[arg(long, value_name = "ADDR")]
+    pub status_addr: Option<SocketAddr>,
+    /// The app's original probes, as the injector writes them (Istio's
+    /// ISTIO_KUBE_APP_PROBERS JSON, keyed by `/app-health/...` path).
+    /// Needs --status-addr.
+    #[arg(long, env = "ISTIO_KUBE_APP_PROBERS", value_name = "JSON")]
+    pub app_probers: Option<String>,
+    /// Where the app probes go: the pod IP (INSTANCE_IP), as Istio sends
+    /// them, so apps listening on the pod IP only are reached too.
+    #[arg(long, env = "INSTANCE_IP", default_value_t = IpAddr::V4(Ipv4Addr::LOCALHOST))]
+    pub app_probe_address: IpAddr,
 }
 
 /// Retries of a failed CSR: exponential from `initial`, capped at `max`.
@@ -124,6 +141,16 @@ pub struct AgentConfig {
     pub key_type: KeyType,
     pub output_dir: Option<PathBuf>,
     pub retry: Backoff,
+    /// The status port, when served.
+    pub status: Option<StatusConfig>,
+}
+
+/// The status port and the app probes it runs.
+#[derive(Clone, Debug)]
+pub struct StatusConfig {
+    pub addr: SocketAddr,
+    pub probers: AppProbers,
+    pub app_address: IpAddr,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -144,6 +171,12 @@ pub enum ConfigError {
     CertTtl(Duration),
     #[error("--rotate-at {0}: must be between 0 and 1 (exclusive)")]
     RotateAt(f64),
+    #[error(transparent)]
+    AppProbers(#[from] ProbeConfigError),
+    #[error(
+        "ISTIO_KUBE_APP_PROBERS (--app-probers) holds {0} app probe(s) but no --status-addr serves them; kubelet's probes would all fail"
+    )]
+    ProbersWithoutStatusPort(usize),
 }
 
 impl AgentConfig {
@@ -183,6 +216,16 @@ impl AgentConfig {
         } else {
             return Err(ConfigError::CaScheme(args.ca_addr.clone()));
         };
+        let probers = AppProbers::parse(args.app_probers.as_deref().unwrap_or_default())?;
+        let status = match args.status_addr {
+            Some(addr) => Some(StatusConfig {
+                addr,
+                probers,
+                app_address: args.app_probe_address,
+            }),
+            None if probers.is_empty() => None,
+            None => return Err(ConfigError::ProbersWithoutStatusPort(probers.len())),
+        };
         Ok(AgentConfig {
             identity,
             ca: CaConfig {
@@ -198,6 +241,7 @@ impl AgentConfig {
             key_type: args.key_type,
             output_dir: args.output_dir.clone(),
             retry: Backoff::default(),
+            status,
         })
     }
 }
@@ -375,5 +419,32 @@ mod tests {
         check(&["--namespace", "a/b"], "--namespace");
         let err = config(&["--ca-addr", "127.0.0.1:15012"]).unwrap_err();
         assert!(err.contains("https://"), "{err}");
+        let probers = r#"{"/app-health/app/readyz":{"tcpSocket":{"port":8080}}}"#;
+        check(&["--app-probers", probers], "--status-addr");
+        check(
+            &["--status-addr", "127.0.0.1:0", "--app-probers", "{}x"],
+            "ISTIO_KUBE_APP_PROBERS",
+        );
+    }
+
+    #[test]
+    fn the_status_port_is_opt_in() {
+        let plain = ["--ca-addr", "http://127.0.0.1:15010"];
+        assert!(config(&plain).unwrap().status.is_none());
+        let c = config(&[
+            plain[0],
+            plain[1],
+            "--status-addr",
+            "0.0.0.0:15020",
+            "--app-probe-address",
+            "10.1.2.3",
+            "--app-probers",
+            r#"{"/app-health/app/readyz":{"tcpSocket":{"port":8080}}}"#,
+        ])
+        .unwrap();
+        let status = c.status.unwrap();
+        assert_eq!(status.addr, "0.0.0.0:15020".parse().unwrap());
+        assert_eq!(status.app_address, "10.1.2.3".parse::<IpAddr>().unwrap());
+        assert!(status.probers.get("/app-health/app/readyz").is_some());
     }
 }

@@ -78,6 +78,12 @@ struct RunArgs {
     /// `--server-arg=--debounce-quiet=50ms`.
     #[arg(long = "server-arg", allow_hyphen_values = true)]
     server_args: Vec<String>,
+    /// After Sextant, serve exactly what it generated with this
+    /// `rcp-server` binary (the rust-control-plane crate; build it with
+    /// scripts/install-bench-tools.sh) to the same proxies, and report the
+    /// fan-out side by side. State of the world only.
+    #[arg(long, value_name = "PATH")]
+    compare_rcp: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -143,6 +149,17 @@ fn run_command(args: RunArgs) -> anyhow::Result<()> {
         "{} does not exist: build it (cargo build --release -p sextant) or pass --sextant",
         sextant.display()
     );
+    if let Some(rcp) = &args.compare_rcp {
+        anyhow::ensure!(
+            !args.delta,
+            "--compare-rcp cannot be used with --delta: rust-control-plane 0.1.2 has no Delta xDS"
+        );
+        anyhow::ensure!(
+            rcp.is_file(),
+            "{} does not exist: build it with scripts/install-bench-tools.sh",
+            rcp.display()
+        );
+    }
     let kinds: Vec<Change> = if args.kinds.is_empty() {
         Change::ALL.to_vec()
     } else {
@@ -166,6 +183,7 @@ fn run_command(args: RunArgs) -> anyhow::Result<()> {
         keep: args.keep,
         server_args: args.server_args,
         max_server_rss: args.max_server_rss_mb * 1_000_000,
+        compare_rcp: args.compare_rcp,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

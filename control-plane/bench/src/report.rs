@@ -6,6 +6,7 @@ use std::fmt::Write;
 use serde::Serialize;
 
 use crate::client::Protocol;
+use crate::dump::DumpSummary;
 use crate::mesh::Change;
 use crate::record::Ty;
 use crate::stats::{Summary, human_bytes, human_ms};
@@ -28,6 +29,8 @@ pub struct Report {
     /// Streams lost during the run (the clients reconnect, as Envoy does).
     pub disconnects: Disconnects,
     pub targets: Vec<Target>,
+    /// Sextant against rust-control-plane on the same fan-out, when asked.
+    pub comparison: Option<Comparison>,
 }
 
 #[derive(Debug, Serialize)]
@@ -90,7 +93,7 @@ pub struct InProcess {
     pub resources_per_proxy: BTreeMap<Ty, TypeCount>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Clone, Debug, Serialize)]
 pub struct FullConfig {
     pub ready: usize,
     pub failed: usize,
@@ -161,6 +164,179 @@ pub struct Disconnects {
     /// From the start of connecting to the first loss.
     pub first_after_ms: Option<f64>,
     pub examples: Vec<String>,
+}
+
+/// One server's initial fan-out: P proxies connecting until each has
+/// ACKed its full config, and what it cost the server.
+#[derive(Clone, Debug, Serialize)]
+pub struct FanOutSide {
+    pub full_config: FullConfig,
+    /// CPU seconds from start until ready (Sextant: config loaded;
+    /// rcp-server: the dump read and every node's snapshot set).
+    pub cpu_load_s: f64,
+    /// CPU seconds of the fan-out.
+    pub cpu_connect_s: f64,
+    pub rss_after_load_bytes: u64,
+    pub rss_after_connect_bytes: u64,
+    /// Peak RSS (VmHWM) once every proxy had its config.
+    pub peak_rss_bytes: u64,
+    /// Streams lost during the fan-out.
+    pub disconnects: usize,
+}
+
+/// Sextant and rust-control-plane side by side on the same resources and
+/// the same clients; ratios are Sextant / rust-control-plane (below 1:
+/// Sextant is faster or smaller).
+#[derive(Debug, Serialize)]
+pub struct Comparison {
+    pub rcp_binary: String,
+    pub rcp_crate: &'static str,
+    pub dump: DumpSummary,
+    pub sextant: FanOutSide,
+    /// Or why the other side has no figures.
+    pub rcp: Result<FanOutSide, String>,
+    pub ratio_full_config_median: Option<f64>,
+    pub ratio_full_config_p99: Option<f64>,
+    pub ratio_full_config_max: Option<f64>,
+    pub ratio_peak_rss: Option<f64>,
+    pub ratio_cpu_connect: Option<f64>,
+}
+
+/// `a / b`, none when `b` is zero.
+fn ratio(a: f64, b: f64) -> Option<f64> {
+    (b > 0.0).then(|| a / b)
+}
+
+impl Comparison {
+    pub fn new(
+        rcp_binary: &std::path::Path,
+        dump: DumpSummary,
+        sextant: FanOutSide,
+        rcp: Result<FanOutSide, String>,
+    ) -> Comparison {
+        let both = |f: &dyn Fn(&FanOutSide) -> f64| {
+            rcp.as_ref().ok().and_then(|r| ratio(f(&sextant), f(r)))
+        };
+        Comparison {
+            rcp_binary: rcp_binary.display().to_string(),
+            rcp_crate: "rust-control-plane 0.1.2",
+            ratio_full_config_median: both(&|x| x.full_config.time.median_ms),
+            ratio_full_config_p99: both(&|x| x.full_config.time.p99_ms),
+            ratio_full_config_max: both(&|x| x.full_config.time.max_ms),
+            ratio_peak_rss: both(&|x| x.peak_rss_bytes as f64),
+            ratio_cpu_connect: both(&|x| x.cpu_connect_s),
+            dump,
+            sextant,
+            rcp,
+        }
+    }
+
+    /// The side-by-side table.
+    fn table(&self, proxies: usize, s: &mut String) {
+        let _ = writeln!(
+            s,
+            "fan-out: sextant vs {} (same {} proxies, SotW; {} distinct configs, {} distinct resources, {} dumped in {})",
+            self.rcp_crate,
+            proxies,
+            self.dump.configs,
+            self.dump.resources,
+            human_bytes(self.dump.bytes as f64),
+            human_ms(self.dump.ms),
+        );
+        let _ = writeln!(
+            s,
+            "  {:<28} {:>14} {:>14} {:>8}",
+            "", "sextant", "rcp", "ratio"
+        );
+        let row = |s: &mut String, name: &str, a: String, b: String, r: Option<f64>| {
+            let r = r.map_or("-".to_string(), |r| format!("{r:.2}"));
+            let _ = writeln!(s, "  {name:<28} {a:>14} {b:>14} {r:>8}");
+        };
+        let a = &self.sextant;
+        let b = match &self.rcp {
+            Ok(b) => b,
+            Err(e) => {
+                let _ = writeln!(
+                    s,
+                    "  rcp-server has no figures: {e}\n  sextant: connect to ACK {}; peak RSS {}; CPU of the fan-out {:.2} s",
+                    summary(&a.full_config.time),
+                    human_bytes(a.peak_rss_bytes as f64),
+                    a.cpu_connect_s
+                );
+                return;
+            }
+        };
+        row(
+            s,
+            "proxies with full config",
+            format!("{}/{}", a.full_config.ready, proxies),
+            format!("{}/{}", b.full_config.ready, proxies),
+            None,
+        );
+        row(
+            s,
+            "connect to ACK, median",
+            human_ms(a.full_config.time.median_ms),
+            human_ms(b.full_config.time.median_ms),
+            self.ratio_full_config_median,
+        );
+        row(
+            s,
+            "connect to ACK, p99",
+            human_ms(a.full_config.time.p99_ms),
+            human_ms(b.full_config.time.p99_ms),
+            self.ratio_full_config_p99,
+        );
+        row(
+            s,
+            "connect to ACK, max",
+            human_ms(a.full_config.time.max_ms),
+            human_ms(b.full_config.time.max_ms),
+            self.ratio_full_config_max,
+        );
+        row(
+            s,
+            "bytes per proxy",
+            human_bytes(a.full_config.bytes_per_proxy),
+            human_bytes(b.full_config.bytes_per_proxy),
+            ratio(a.full_config.bytes_per_proxy, b.full_config.bytes_per_proxy),
+        );
+        row(
+            s,
+            "peak RSS",
+            human_bytes(a.peak_rss_bytes as f64),
+            human_bytes(b.peak_rss_bytes as f64),
+            self.ratio_peak_rss,
+        );
+        row(
+            s,
+            "RSS when ready",
+            human_bytes(a.rss_after_load_bytes as f64),
+            human_bytes(b.rss_after_load_bytes as f64),
+            ratio(a.rss_after_load_bytes as f64, b.rss_after_load_bytes as f64),
+        );
+        row(
+            s,
+            "CPU to ready",
+            format!("{:.2} s", a.cpu_load_s),
+            format!("{:.2} s", b.cpu_load_s),
+            ratio(a.cpu_load_s, b.cpu_load_s),
+        );
+        row(
+            s,
+            "CPU of the fan-out",
+            format!("{:.2} s", a.cpu_connect_s),
+            format!("{:.2} s", b.cpu_connect_s),
+            self.ratio_cpu_connect,
+        );
+        row(
+            s,
+            "streams lost",
+            a.disconnects.to_string(),
+            b.disconnects.to_string(),
+            None,
+        );
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -303,24 +479,28 @@ impl Report {
             f.responses
         );
         let _ = writeln!(s);
-        let _ = writeln!(
-            s,
-            "{:<22} {:>3} {:>7} {:>9} {:>9} {:>9} {:>9} {:>6} {:>10} {:>10} {:>6} {:>9} {:>11} {:>8}",
-            "change",
-            "n",
-            "proxies",
-            "median",
-            "p99",
-            "max",
-            "last p50",
-            "missed",
-            "bytes/chg",
-            "bytes/prx~",
-            "resp",
-            "redundant",
-            "unconcerned",
-            "cpu/chg"
-        );
+        if self.changes.is_empty() {
+            let _ = writeln!(s, "changes                none made (--changes 0)");
+        } else {
+            let _ = writeln!(
+                s,
+                "{:<22} {:>3} {:>7} {:>9} {:>9} {:>9} {:>9} {:>6} {:>10} {:>10} {:>6} {:>9} {:>11} {:>8}",
+                "change",
+                "n",
+                "proxies",
+                "median",
+                "p99",
+                "max",
+                "last p50",
+                "missed",
+                "bytes/chg",
+                "bytes/prx~",
+                "resp",
+                "redundant",
+                "unconcerned",
+                "cpu/chg"
+            );
+        }
         for c in &self.changes {
             let _ = writeln!(
                 s,
@@ -415,6 +595,10 @@ impl Report {
             let _ = writeln!(s, "client failure         {failure}");
         }
         let _ = writeln!(s);
+        if let Some(c) = &self.comparison {
+            c.table(self.proxies, &mut s);
+            let _ = writeln!(s);
+        }
         let _ = writeln!(s, "targets");
         for t in &self.targets {
             let _ = writeln!(
@@ -437,4 +621,69 @@ fn summary(s: &Summary) -> String {
         human_ms(s.p99_ms),
         human_ms(s.max_ms)
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn side(median_ms: f64, peak_rss_bytes: u64) -> FanOutSide {
+        FanOutSide {
+            full_config: FullConfig {
+                ready: 10,
+                failed: 0,
+                time: Summary {
+                    count: 10,
+                    median_ms,
+                    p99_ms: median_ms * 2.0,
+                    max_ms: median_ms * 3.0,
+                },
+                bytes_per_proxy: 1000.0,
+                responses: 40,
+            },
+            cpu_load_s: 1.0,
+            cpu_connect_s: 2.0,
+            rss_after_load_bytes: peak_rss_bytes / 2,
+            rss_after_connect_bytes: peak_rss_bytes,
+            peak_rss_bytes,
+            disconnects: 0,
+        }
+    }
+
+    #[test]
+    fn comparison_ratios_are_sextant_over_rcp() {
+        let dump = DumpSummary::default();
+        let path = std::path::Path::new("/bin/rcp-server");
+        let c = Comparison::new(
+            path,
+            dump.clone(),
+            side(100.0, 50_000_000),
+            Ok(side(400.0, 200_000_000)),
+        );
+        assert_eq!(c.ratio_full_config_median, Some(0.25));
+        assert_eq!(c.ratio_full_config_max, Some(0.25));
+        assert_eq!(c.ratio_peak_rss, Some(0.25));
+        assert_eq!(c.ratio_cpu_connect, Some(1.0));
+        let mut table = String::new();
+        c.table(10, &mut table);
+        let median = table
+            .lines()
+            .find(|l| l.contains("connect to ACK, median"))
+            .unwrap();
+        assert!(median.ends_with("0.25"), "{median}");
+        assert!(
+            median.contains("100 ms") && median.contains("400 ms"),
+            "{median}"
+        );
+
+        // The other side failed: no ratios, the reason in the table.
+        let c = Comparison::new(path, dump, side(100.0, 1), Err("out of memory".into()));
+        assert_eq!(c.ratio_full_config_median, None);
+        let mut table = String::new();
+        c.table(10, &mut table);
+        assert!(
+            table.contains("rcp-server has no figures: out of memory"),
+            "{table}"
+        );
+    }
 }

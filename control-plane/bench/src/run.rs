@@ -1,6 +1,9 @@
 //! One load run: generate the mesh, measure the pure parts in process,
 //! start the server, connect P clients, wait for full config, make changes
-//! one at a time and time their way to every proxy concerned.
+//! one at a time and time their way to every proxy concerned. With
+//! `compare_rcp`, the same clients then connect to `rcp-server` (the
+//! `rust-control-plane` crate) serving exactly what Sextant generated, for
+//! the side-by-side figures of the initial fan-out.
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -14,11 +17,12 @@ use sextant_xds::{Generator, Proxy, ResourceRequest};
 use tokio::sync::Semaphore;
 
 use crate::client::{self, Protocol};
+use crate::dump;
 use crate::mesh::{Change, MeshSpec};
 use crate::record::{Event, Recorder, Ty};
 use crate::report::{
-    ChangeReport, Disconnects, FullConfig, InProcess, Machine, Report, ServerReport, TypeCount,
-    targets,
+    ChangeReport, Comparison, Disconnects, FanOutSide, FullConfig, InProcess, Machine, Report,
+    ServerReport, TypeCount, targets,
 };
 use crate::server::{self, ServerProcess};
 use crate::stats::Summary;
@@ -49,6 +53,10 @@ pub struct RunOptions {
     /// Stop waiting (connect or change) once the server's resident memory
     /// passes this, to spare the machine; the report shows where it stood.
     pub max_server_rss: u64,
+    /// The `rcp-server` binary: after Sextant, serve the same resources
+    /// with it to the same clients and compare (SotW only: the crate has
+    /// no Delta).
+    pub compare_rcp: Option<PathBuf>,
 }
 
 pub async fn run(options: RunOptions) -> anyhow::Result<Report> {
@@ -83,50 +91,50 @@ pub async fn run(options: RunOptions) -> anyhow::Result<Report> {
         generate_ms = in_process.generation_per_proxy.median_ms,
         "in-process figures"
     );
+    // What Sextant sends each proxy, for the other server: written before
+    // any server runs, so that it competes with neither.
+    let rcp_dump = match &options.compare_rcp {
+        Some(_) => {
+            anyhow::ensure!(
+                options.protocol == Protocol::Sotw,
+                "--compare-rcp needs state of the world: rust-control-plane 0.1.2 has no Delta xDS"
+            );
+            let dir = work.join("rcp-dump");
+            let proxies = options.proxies;
+            let dumped = tokio::task::spawn_blocking(move || {
+                dump::write(&spec, proxies, &dir).map(|summary| (dir, summary))
+            })
+            .await
+            .context("dumping the generated resources")??;
+            tracing::info!(
+                configs = dumped.1.configs,
+                resources = dumped.1.resources,
+                mb = dumped.1.bytes / 1_000_000,
+                ms = dumped.1.ms,
+                "resources dumped for rcp-server"
+            );
+            Some(dumped)
+        }
+        None => None,
+    };
 
     let log = work.join("sextant.log");
     let mut server =
         ServerProcess::start(&options.sextant, &config_dir, &log, &options.server_args)?;
-    server.wait_ready(Duration::from_secs(120)).await?;
+    server
+        .wait_ready(Duration::from_secs(120), options.max_server_rss)
+        .await?;
     let loaded = server.usage()?;
     tracing::info!(pid = server.pid, xds = %server.xds_addr, cpu_s = loaded.cpu_seconds, "server ready");
 
-    let recorder = Arc::new(Recorder::new(options.proxies));
-    let url = format!("http://{}", server.xds_addr);
-    let start = Instant::now();
-    let gate = Arc::new(Semaphore::new(options.connect_concurrency.max(1)));
-    let mut tasks = Vec::with_capacity(options.proxies);
-    for i in 0..options.proxies {
-        let (gate, recorder, url) = (gate.clone(), recorder.clone(), url.clone());
-        let node = spec.node(i);
-        let protocol = options.protocol;
-        tasks.push(tokio::spawn(async move {
-            let permit = gate.acquire_owned().await;
-            let channel = client::connect(&url).await;
-            drop(permit);
-            match channel {
-                Ok(channel) => client::run(i, &url, channel, node, protocol, recorder).await,
-                Err(e) => recorder.fail(i, format!("{e:#}")),
-            }
-        }));
-    }
-    let clients = AbortOnDrop(tasks);
-
-    wait_for_full_config(&recorder, &mut server, &options, start).await?;
-    let connect_end = Instant::now();
-    let connect_events = recorder.since(0);
+    let FanOut {
+        recorder,
+        clients,
+        start,
+        end: connect_end,
+        full_config,
+    } = fan_out(&spec, &options, &mut server).await?;
     let connected = server.usage()?;
-    let ready: Vec<Duration> = (0..options.proxies)
-        .filter_map(|i| recorder.ready_at(i).map(|at| at - start))
-        .collect();
-    let full_config = FullConfig {
-        ready: ready.len(),
-        failed: recorder.failures().len(),
-        time: Summary::of(&ready),
-        bytes_per_proxy: connect_events.iter().map(|e| e.bytes).sum::<u64>() as f64
-            / options.proxies.max(1) as f64,
-        responses: connect_events.len(),
-    };
     tracing::info!(
         ready = full_config.ready,
         max_ms = full_config.time.max_ms,
@@ -186,6 +194,32 @@ pub async fn run(options: RunOptions) -> anyhow::Result<Report> {
     drop(clients);
     server.stop();
 
+    let comparison = match (&options.compare_rcp, rcp_dump) {
+        (Some(binary), Some((dir, summary))) => {
+            let sextant = FanOutSide {
+                full_config: full_config.clone(),
+                cpu_load_s: loaded.cpu_seconds,
+                cpu_connect_s: connected.cpu_seconds - loaded.cpu_seconds,
+                rss_after_load_bytes: loaded.rss_bytes,
+                rss_after_connect_bytes: connected.rss_bytes,
+                peak_rss_bytes: connected.peak_rss_bytes,
+                disconnects: disconnects
+                    .iter()
+                    .filter(|(_, at, _)| *at <= connect_end)
+                    .count(),
+            };
+            // A failing other side leaves Sextant's figures standing.
+            let rcp = rcp_fan_out(binary, &dir, &work, &spec, &options)
+                .await
+                .map_err(|e| {
+                    tracing::warn!("rcp-server: {e:#}");
+                    format!("{e:#}")
+                });
+            Some(Comparison::new(binary, summary, sextant, rcp))
+        }
+        _ => None,
+    };
+
     let changes: Vec<ChangeReport> = samples
         .iter()
         .map(|(kind, samples)| change_report(*kind, samples))
@@ -242,9 +276,128 @@ pub async fn run(options: RunOptions) -> anyhow::Result<Report> {
                 .collect(),
         },
         targets: Vec::new(),
+        comparison,
     };
     report.targets = targets(&report);
     Ok(report)
+}
+
+/// P clients connected to a server, once each has its full config (or the
+/// wait gave up).
+struct FanOut {
+    recorder: Arc<Recorder>,
+    clients: AbortOnDrop,
+    /// When the first client started connecting.
+    start: Instant,
+    /// When the last one had its full config.
+    end: Instant,
+    full_config: FullConfig,
+}
+
+/// Connects the P clients of the run to `server` (at most
+/// `connect_concurrency` connection attempts at once) and waits until each
+/// has its full config: the same population and the same clock for
+/// Sextant and the server it is compared with.
+async fn fan_out(
+    spec: &MeshSpec,
+    options: &RunOptions,
+    server: &mut ServerProcess,
+) -> anyhow::Result<FanOut> {
+    let recorder = Arc::new(Recorder::new(options.proxies));
+    let url = format!("http://{}", server.xds_addr);
+    let start = Instant::now();
+    let gate = Arc::new(Semaphore::new(options.connect_concurrency.max(1)));
+    let mut tasks = Vec::with_capacity(options.proxies);
+    for i in 0..options.proxies {
+        let (gate, recorder, url) = (gate.clone(), recorder.clone(), url.clone());
+        let node = spec.node(i);
+        let protocol = options.protocol;
+        tasks.push(tokio::spawn(async move {
+            let permit = gate.acquire_owned().await;
+            let channel = client::connect(&url).await;
+            drop(permit);
+            match channel {
+                Ok(channel) => client::run(i, &url, channel, node, protocol, recorder).await,
+                Err(e) => recorder.fail(i, format!("{e:#}")),
+            }
+        }));
+    }
+    let clients = AbortOnDrop(tasks);
+
+    wait_for_full_config(&recorder, server, options, start).await?;
+    let end = Instant::now();
+    let events = recorder.since(0);
+    let ready: Vec<Duration> = (0..options.proxies)
+        .filter_map(|i| recorder.ready_at(i).map(|at| at - start))
+        .collect();
+    let full_config = FullConfig {
+        ready: ready.len(),
+        failed: recorder.failures().len(),
+        time: Summary::of(&ready),
+        bytes_per_proxy: events.iter().map(|e| e.bytes).sum::<u64>() as f64
+            / options.proxies.max(1) as f64,
+        responses: events.len(),
+    };
+    Ok(FanOut {
+        recorder,
+        clients,
+        start,
+        end,
+        full_config,
+    })
+}
+
+/// The comparison's other side: `rcp-server` on the dump, the same clients,
+/// until each has its full config.
+async fn rcp_fan_out(
+    binary: &std::path::Path,
+    dump_dir: &std::path::Path,
+    work: &std::path::Path,
+    spec: &MeshSpec,
+    options: &RunOptions,
+) -> anyhow::Result<FanOutSide> {
+    anyhow::ensure!(
+        binary.is_file(),
+        "{} does not exist: build it with scripts/install-bench-tools.sh",
+        binary.display()
+    );
+    let log = work.join("rcp-server.log");
+    let mut server = ServerProcess::start_rcp(binary, dump_dir, &log)?;
+    // It binds its port once every node's snapshot is in its cache.
+    if let Err(e) = server
+        .wait_ready(options.connect_timeout, options.max_server_rss)
+        .await
+    {
+        let last = std::fs::read_to_string(&log)
+            .ok()
+            .and_then(|text| text.lines().last().map(str::to_string))
+            .unwrap_or_default();
+        return Err(e.context(format!("rcp-server's log ends with \"{last}\"")));
+    }
+    let loaded = server.usage()?;
+    tracing::info!(pid = server.pid, xds = %server.xds_addr, cpu_s = loaded.cpu_seconds, "rcp-server ready");
+    let fan = fan_out(spec, options, &mut server).await?;
+    let connected = server.usage()?;
+    tracing::info!(
+        ready = fan.full_config.ready,
+        max_ms = fan.full_config.time.max_ms,
+        "rcp-server: full config"
+    );
+    let disconnects = fan.recorder.disconnects().len();
+    for (i, e) in fan.recorder.failures().iter().take(3) {
+        tracing::warn!(proxy = i, error = %e, "rcp-server: client failed");
+    }
+    drop(fan.clients);
+    server.stop();
+    Ok(FanOutSide {
+        full_config: fan.full_config,
+        cpu_load_s: loaded.cpu_seconds,
+        cpu_connect_s: connected.cpu_seconds - loaded.cpu_seconds,
+        rss_after_load_bytes: loaded.rss_bytes,
+        rss_after_connect_bytes: connected.rss_bytes,
+        peak_rss_bytes: connected.peak_rss_bytes,
+        disconnects,
+    })
 }
 
 /// Aborts the client tasks when the run ends.

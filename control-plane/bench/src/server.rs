@@ -1,6 +1,6 @@
-//! The control plane under test: `sextant serve` as a child process (so
-//! that its CPU and memory are its own), its admin endpoints, and its
-//! resource usage read from /proc.
+//! The control plane under test: `sextant serve` (or, for the comparison,
+//! `rcp-server`) as a child process (so that its CPU and memory are its
+//! own), its admin endpoints, and its resource usage read from /proc.
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -14,12 +14,16 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use serde::Serialize;
 
-/// A running `sextant serve`; stopped (SIGINT, then SIGKILL) on drop.
+/// A running `sextant serve` or `rcp-server`; stopped (SIGINT, then
+/// SIGKILL) on drop.
 pub struct ServerProcess {
     child: Option<Child>,
+    /// `sextant` or `rcp-server`, for messages.
+    pub name: &'static str,
     pub pid: u32,
     pub xds_addr: SocketAddr,
-    pub admin_addr: SocketAddr,
+    /// Sextant's admin server (/ready, /metrics); `rcp-server` has none.
+    pub admin_addr: Option<SocketAddr>,
     pub log: PathBuf,
 }
 
@@ -65,19 +69,48 @@ impl ServerProcess {
             .spawn()
             .with_context(|| format!("starting {}", binary.display()))?;
         Ok(ServerProcess {
+            name: "sextant",
             pid: child.id(),
             child: Some(child),
             xds_addr,
-            admin_addr,
+            admin_addr: Some(admin_addr),
             log: log.to_path_buf(),
         })
     }
 
-    /// Waits until the admin server answers /ready with 200 and the xDS
-    /// port accepts connections.
-    pub async fn wait_ready(&mut self, timeout: Duration) -> anyhow::Result<()> {
+    /// Starts `rcp-server --dir DUMP --addr ADDR` (see
+    /// `control-plane/bench/rcp-server`) on a free loopback port, logging
+    /// to `log`. It binds its port once every snapshot is loaded.
+    pub fn start_rcp(binary: &Path, dump: &Path, log: &Path) -> anyhow::Result<ServerProcess> {
+        let xds_addr = free_port()?;
+        let log_file =
+            std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
+        let child = Command::new(binary)
+            .arg("--dir")
+            .arg(dump)
+            .arg("--addr")
+            .arg(xds_addr.to_string())
+            .stdin(Stdio::null())
+            .stdout(log_file.try_clone()?)
+            .stderr(log_file)
+            .spawn()
+            .with_context(|| format!("starting {}", binary.display()))?;
+        Ok(ServerProcess {
+            name: "rcp-server",
+            pid: child.id(),
+            child: Some(child),
+            xds_addr,
+            admin_addr: None,
+            log: log.to_path_buf(),
+        })
+    }
+
+    /// Waits until the admin server (if any) answers /ready with 200 and
+    /// the xDS port accepts connections. Gives up (and stops the server)
+    /// once its RSS passes `max_rss`: loading can be what exhausts memory.
+    pub async fn wait_ready(&mut self, timeout: Duration, max_rss: u64) -> anyhow::Result<()> {
         let deadline = Instant::now() + timeout;
-        let url = format!("http://{}/ready", self.admin_addr);
+        let url = self.admin_addr.map(|a| format!("http://{a}/ready"));
         loop {
             if let Some(status) = self
                 .child
@@ -85,18 +118,33 @@ impl ServerProcess {
                 .and_then(|c| c.try_wait().ok().flatten())
             {
                 bail!(
-                    "sextant exited with {status} before it was ready; see {}",
+                    "{} exited with {status} before it was ready; see {}",
+                    self.name,
                     self.log.display()
                 );
             }
-            let ready = matches!(get(&url).await, Ok((200, _)))
-                && tokio::net::TcpStream::connect(self.xds_addr).await.is_ok();
+            let admin_ready = match &url {
+                Some(url) => matches!(get(url).await, Ok((200, _))),
+                None => true,
+            };
+            let ready = admin_ready && tokio::net::TcpStream::connect(self.xds_addr).await.is_ok();
             if ready {
                 return Ok(());
             }
+            let rss = self.usage().map(|u| u.rss_bytes).unwrap_or(0);
+            if rss > max_rss {
+                self.stop();
+                bail!(
+                    "{} passed the memory limit of the run ({} MB > {} MB) before it was ready; stopped it",
+                    self.name,
+                    rss / 1_000_000,
+                    max_rss / 1_000_000
+                );
+            }
             if Instant::now() > deadline {
                 bail!(
-                    "sextant not ready within {timeout:?}; see {}",
+                    "{} not ready within {timeout:?}; see {}",
+                    self.name,
                     self.log.display()
                 );
             }
@@ -130,7 +178,10 @@ impl ServerProcess {
 
     /// `GET /metrics`: every `pilot_*` sample by its name and labels.
     pub async fn metrics(&self) -> anyhow::Result<BTreeMap<String, f64>> {
-        let (status, body) = get(&format!("http://{}/metrics", self.admin_addr)).await?;
+        let admin = self
+            .admin_addr
+            .with_context(|| format!("{} has no admin server", self.name))?;
+        let (status, body) = get(&format!("http://{admin}/metrics")).await?;
         if status != 200 {
             bail!("GET /metrics: status {status}");
         }

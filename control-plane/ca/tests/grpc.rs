@@ -20,7 +20,7 @@ use sextant_ca::service::{
 use sextant_ca::{CaOptions, CertificateAuthority, Identity, csr};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
-use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Server};
 use tonic::{Code, Request, Status};
 
@@ -69,9 +69,14 @@ impl CaServer {
             .tls_config(tls)
             .unwrap()
             .add_service(service.into_server())
-            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
-                let _ = rx.await;
-            });
+            // TCP_NODELAY as `sextant serve` sets it: otherwise each response
+            // waits ~40 ms for the client's delayed ACK.
+            .serve_with_incoming_shutdown(
+                TcpIncoming::from(listener).with_nodelay(Some(true)),
+                async {
+                    let _ = rx.await;
+                },
+            );
         CaServer {
             addr,
             ca,

@@ -6,6 +6,11 @@
 //! invalid ones and keeps their last good version), objects the file no
 //! longer defines are deleted. A file that cannot be read or parsed as a
 //! whole deletes nothing: a half-written file must not take config away.
+//!
+//! `kind: Secret` (`apiVersion: v1`) documents are taken as TLS credentials
+//! for gateways' `credentialName` (see [`crate::credential`]), so that file
+//! mode serves what a cluster's Secrets would; Secrets without TLS keys are
+//! ignored.
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -13,6 +18,7 @@ use std::sync::Arc;
 use notify::{RecursiveMode, Watcher};
 use serde_json::Value;
 
+use crate::credential::{self, CredentialKey};
 use crate::object::{self, DEFAULT_NAMESPACE, Kind, ObjectKey, ParseError};
 use crate::store::ConfigStore;
 
@@ -139,11 +145,16 @@ fn source_id(file: &Path) -> String {
 pub fn load_file(store: &ConfigStore, file: &Path) -> Vec<DocumentError> {
     let source = source_id(file);
     let previous: BTreeSet<ObjectKey> = store.keys_from(&source).into_iter().collect();
+    let previous_credentials: BTreeSet<CredentialKey> =
+        store.credential_keys_from(&source).into_iter().collect();
     let text = match std::fs::read_to_string(file) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             for key in previous {
                 store.delete(&key);
+            }
+            for key in previous_credentials {
+                store.delete_credential(&key);
             }
             return Vec::new();
         }
@@ -160,6 +171,7 @@ pub fn load_file(store: &ConfigStore, file: &Path) -> Vec<DocumentError> {
     };
     let mut errors = Vec::new();
     let mut seen = BTreeSet::new();
+    let mut seen_credentials = BTreeSet::new();
     let mut complete = true;
     for (index, doc) in object::documents(&text) {
         let doc_error = |object: Option<String>, e: &ParseError| DocumentError {
@@ -177,6 +189,30 @@ pub fn load_file(store: &ConfigStore, file: &Path) -> Vec<DocumentError> {
             }
         };
         let described = describe_raw(&value);
+        if credential::is_secret(&value) {
+            match credential::parse_secret(value) {
+                Ok((key, Some(credential))) => {
+                    seen_credentials.insert(key.clone());
+                    if let Err(e) = store.apply_credential(&source, key.clone(), credential) {
+                        errors.push(DocumentError {
+                            file: file.to_path_buf(),
+                            index,
+                            object: Some(key.to_string()),
+                            error: e.to_string(),
+                        });
+                    }
+                }
+                Ok((key, None)) => {
+                    tracing::debug!(secret = %key, file = %file.display(), "Secret without TLS keys (cert/key, tls.crt/tls.key, cacert, ca.crt) ignored");
+                }
+                Err(e) => {
+                    // Its previous credential, if any, stays in force.
+                    complete = false;
+                    errors.push(doc_error(described, &e));
+                }
+            }
+            continue;
+        }
         match raw_key(&value) {
             Some(key) => {
                 seen.insert(key);
@@ -205,6 +241,9 @@ pub fn load_file(store: &ConfigStore, file: &Path) -> Vec<DocumentError> {
     if complete {
         for key in previous.difference(&seen) {
             store.delete(key);
+        }
+        for key in previous_credentials.difference(&seen_credentials) {
+            store.delete_credential(key);
         }
     }
     errors

@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::broadcast;
 
+use crate::credential::{Credential, CredentialError, CredentialKey};
 use crate::object::{IstioObject, Kind, ObjectKey};
 use crate::validation::{self, Finding};
 
@@ -24,6 +25,14 @@ pub enum StoreEvent {
     Rejected {
         key: ObjectKey,
         errors: Vec<Finding>,
+    },
+    /// A TLS credential (Secret) was added, changed or deleted.
+    CredentialChanged(CredentialKey),
+    /// A new version of a credential was refused; the previous one (if any)
+    /// stays in force.
+    CredentialRejected {
+        key: CredentialKey,
+        error: CredentialError,
     },
 }
 
@@ -41,6 +50,8 @@ pub struct ConfigSnapshot {
     /// Increases by one with every change the store accepts.
     pub version: u64,
     pub objects: BTreeMap<ObjectKey, Arc<IstioObject>>,
+    /// TLS credentials from Secrets (gateways' `credentialName`), checked.
+    pub credentials: BTreeMap<CredentialKey, Arc<Credential>>,
 }
 
 impl ConfigSnapshot {
@@ -60,6 +71,13 @@ impl ConfigSnapshot {
     pub fn get(&self, key: &ObjectKey) -> Option<&IstioObject> {
         self.objects.get(key).map(|o| o.as_ref())
     }
+
+    /// The credential of the Secret `namespace/name`, if it holds one.
+    pub fn credential(&self, namespace: &str, name: &str) -> Option<&Credential> {
+        self.credentials
+            .get(&CredentialKey::new(namespace, name))
+            .map(|c| c.as_ref())
+    }
 }
 
 /// Which source an object came from, so that a source can replace or
@@ -77,6 +95,7 @@ struct Entry {
 struct State {
     version: u64,
     entries: BTreeMap<ObjectKey, Entry>,
+    credentials: BTreeMap<CredentialKey, (Arc<Credential>, SourceId)>,
 }
 
 /// The shared store. Clone the `Arc` to share it between sources and
@@ -155,6 +174,61 @@ impl ConfigStore {
         true
     }
 
+    /// Checks and stores a TLS credential (from a Secret). A credential that
+    /// does not check is refused and the one already stored stays; an
+    /// identical one is a no-op.
+    pub fn apply_credential(
+        &self,
+        source: &str,
+        key: CredentialKey,
+        credential: Credential,
+    ) -> Result<(), CredentialError> {
+        if let Err(error) = credential.validate() {
+            tracing::error!(secret = %key, source, %error, "refused TLS credential; keeping the last good version");
+            let _ = self.events.send(StoreEvent::CredentialRejected {
+                key,
+                error: error.clone(),
+            });
+            return Err(error);
+        }
+        let mut state = self.state.lock().expect("store lock");
+        if state
+            .credentials
+            .get(&key)
+            .is_some_and(|(c, _)| **c == credential)
+        {
+            return Ok(());
+        }
+        state
+            .credentials
+            .insert(key.clone(), (Arc::new(credential), source.to_string()));
+        state.version += 1;
+        let _ = self.events.send(StoreEvent::CredentialChanged(key));
+        Ok(())
+    }
+
+    /// Removes a credential. Returns whether it was there.
+    pub fn delete_credential(&self, key: &CredentialKey) -> bool {
+        let mut state = self.state.lock().expect("store lock");
+        if state.credentials.remove(key).is_none() {
+            return false;
+        }
+        state.version += 1;
+        let _ = self.events.send(StoreEvent::CredentialChanged(key.clone()));
+        true
+    }
+
+    /// Keys of the credentials a source currently has in the store.
+    pub fn credential_keys_from(&self, source: &str) -> Vec<CredentialKey> {
+        let state = self.state.lock().expect("store lock");
+        state
+            .credentials
+            .iter()
+            .filter(|(_, (_, s))| s == source)
+            .map(|(k, _)| k.clone())
+            .collect()
+    }
+
     /// Keys of the objects a source currently has in the store.
     pub fn keys_from(&self, source: &str) -> Vec<ObjectKey> {
         let state = self.state.lock().expect("store lock");
@@ -169,7 +243,12 @@ impl ConfigStore {
     /// Every source that has objects in the store.
     pub fn sources(&self) -> std::collections::BTreeSet<SourceId> {
         let state = self.state.lock().expect("store lock");
-        state.entries.values().map(|e| e.source.clone()).collect()
+        state
+            .entries
+            .values()
+            .map(|e| e.source.clone())
+            .chain(state.credentials.values().map(|(_, s)| s.clone()))
+            .collect()
     }
 
     pub fn snapshot(&self) -> ConfigSnapshot {
@@ -180,6 +259,11 @@ impl ConfigStore {
                 .entries
                 .iter()
                 .map(|(k, e)| (k.clone(), e.object.clone()))
+                .collect(),
+            credentials: state
+                .credentials
+                .iter()
+                .map(|(k, (c, _))| (k.clone(), c.clone()))
                 .collect(),
         }
     }

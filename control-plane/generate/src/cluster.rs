@@ -55,6 +55,16 @@ pub const DEFAULT_CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::fr
 
 /// Every cluster of a proxy, sorted by name.
 pub fn clusters(mesh: &MeshSnapshot, proxy: &Proxy) -> Vec<Cluster> {
+    let mut out = shared_clusters(mesh, proxy);
+    let shared: HashSet<String> = out.iter().map(|c| c.name.clone()).collect();
+    out.extend(own_clusters(mesh, proxy, |name| shared.contains(name)));
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    out
+}
+
+/// The clusters a proxy shares with its class (see [`crate::class`]):
+/// outbound ones and the catch-alls, sorted by name.
+pub fn shared_clusters(mesh: &MeshSnapshot, proxy: &Proxy) -> Vec<Cluster> {
     let peer_authentications = PeerAuthentications::new(mesh);
     let sds = mtls::has_sds(proxy);
     let mut out: Vec<Cluster> = outbound_clusters(mesh, proxy)
@@ -62,11 +72,6 @@ pub fn clusters(mesh: &MeshSnapshot, proxy: &Proxy) -> Vec<Cluster> {
         .map(|c| build_outbound(c, proxy, &peer_authentications, sds))
         .collect();
     let mut seen: HashSet<String> = out.iter().map(|c| c.name.clone()).collect();
-    for cluster in inbound_clusters(mesh, proxy) {
-        if seen.insert(cluster.name.clone()) {
-            out.push(cluster);
-        }
-    }
     let catch_all = [
         blackhole_cluster(),
         passthrough_cluster(),
@@ -79,6 +84,20 @@ pub fn clusters(mesh: &MeshSnapshot, proxy: &Proxy) -> Vec<Cluster> {
     }
     out.sort_by(|a, b| a.name.cmp(&b.name));
     out
+}
+
+/// The proxy's own clusters (inbound), leaving out names that `shared`
+/// says its class already has.
+pub fn own_clusters(
+    mesh: &MeshSnapshot,
+    proxy: &Proxy,
+    shared: impl Fn(&str) -> bool,
+) -> Vec<Cluster> {
+    let mut seen = HashSet::new();
+    inbound_clusters(mesh, proxy)
+        .into_iter()
+        .filter(|c| !shared(&c.name) && seen.insert(c.name.clone()))
+        .collect()
 }
 
 /// The consistent-hash key of a route destination, as Envoy route

@@ -1,8 +1,11 @@
 //! The generator the xDS server calls: Istio's translation of the mesh
 //! snapshot, one resource type at a time.
-use sextant_xds::type_url;
-use sextant_xds::{BoxError, Generator, Proxy, Resource, ResourceRequest};
+use std::sync::Arc;
 
+use sextant_xds::type_url;
+use sextant_xds::{BoxError, Generated, Generator, Proxy, Resource, ResourceRequest};
+
+use crate::class::ClassKey;
 use crate::mesh::MeshSnapshot;
 use crate::{cluster, endpoint, listener, route};
 
@@ -17,31 +20,96 @@ impl Generator<MeshSnapshot> for IstioGenerator {
         proxy: &Proxy,
         request: &ResourceRequest<'_>,
     ) -> Result<Vec<Resource>, BoxError> {
-        Ok(match request.type_url {
-            type_url::CLUSTER => cluster::clusters(mesh, proxy)
-                .iter()
-                .filter(|c| request.wants(&c.name))
-                .map(|c| Resource::new(&c.name, c))
-                .collect(),
-            type_url::ENDPOINT => endpoint::endpoints(mesh, proxy)
-                .iter()
-                .filter(|e| request.wants(&e.cluster_name))
-                .map(|e| Resource::new(&e.cluster_name, e))
-                .collect(),
-            type_url::LISTENER => listener::listeners(mesh, proxy)
-                .iter()
-                .filter(|l| request.wants(&l.name))
-                .map(|l| Resource::new(&l.name, l))
-                .collect(),
-            type_url::ROUTE => route::route_configs(mesh, proxy)
-                .iter()
-                .filter(|r| request.wants(&r.name))
-                .map(|r| Resource::new(&r.name, r))
-                .collect(),
-            // Secrets come with the CA.
-            _ => Vec::new(),
-        })
+        let parts = self.generate_parts(mesh, proxy, request)?;
+        Ok(parts
+            .sorted()
+            .into_iter()
+            .filter(|r| request.wants(&r.name))
+            .cloned()
+            .collect())
     }
+
+    /// Outbound clusters, endpoints and routes of a sidecar are built once
+    /// per snapshot for its class and shared ([`crate::class`]); its
+    /// inbound clusters, its listeners and everything of a gateway are its
+    /// own. The subscription hint is not applied: the server filters what
+    /// it sends, and a filtered part could not be shared.
+    fn generate_parts(
+        &self,
+        mesh: &MeshSnapshot,
+        proxy: &Proxy,
+        request: &ResourceRequest<'_>,
+    ) -> Result<Generated, BoxError> {
+        let mut out = Generated::new();
+        match request.type_url {
+            type_url::CLUSTER => match ClassKey::of(mesh, proxy, type_url::CLUSTER) {
+                Some(key) => {
+                    let shared = mesh.parts.get_or_build(key, || {
+                        resources(cluster::shared_clusters(mesh, proxy), |c| &c.name)
+                    });
+                    let own = cluster::own_clusters(mesh, proxy, |name| shared.get(name).is_some());
+                    out.push_shared(shared);
+                    out.push(resources(own, |c| &c.name));
+                }
+                None => out.push(resources(cluster::clusters(mesh, proxy), |c| &c.name)),
+            },
+            type_url::ENDPOINT => {
+                let build = || resources(endpoint::endpoints(mesh, proxy), |e| &e.cluster_name);
+                match ClassKey::of(mesh, proxy, type_url::ENDPOINT) {
+                    Some(key) => out.push_shared(mesh.parts.get_or_build(key, build)),
+                    None => out.push(build()),
+                }
+            }
+            type_url::ROUTE => {
+                let build = || resources(route::route_configs(mesh, proxy), |r| &r.name);
+                match ClassKey::of(mesh, proxy, type_url::ROUTE) {
+                    Some(key) => out.push_shared(mesh.parts.get_or_build(key, build)),
+                    None => out.push(build()),
+                }
+            }
+            type_url::LISTENER => {
+                let class = ClassKey::of(mesh, proxy, type_url::LISTENER);
+                let split = class.and_then(|key| {
+                    let (part, slots) = mesh.parts.get_or_build_with(key, || {
+                        match listener::shared_listeners(mesh, proxy) {
+                            Some((shared, slots)) => (
+                                resources(shared, |l| &l.name),
+                                Some(Arc::new(slots) as crate::class::Extra),
+                            ),
+                            None => (Vec::new(), None),
+                        }
+                    });
+                    let slots = slots?;
+                    let slots = slots.downcast_ref::<Vec<listener::Slot>>()?;
+                    let own = listener::own_listeners(mesh, proxy, slots)?;
+                    Some((part, own))
+                });
+                match split {
+                    Some((shared, own)) => {
+                        out.push_shared(shared);
+                        out.push(resources(own, |l| &l.name));
+                    }
+                    None => out.push(resources(listener::listeners(mesh, proxy), |l| &l.name)),
+                }
+            }
+            // Gateways' credentialName secrets; workload certificates come
+            // from the node agent.
+            type_url::SECRET => out.push(crate::credential::secrets(mesh, proxy, request)?),
+            _ => {}
+        }
+        Ok(out)
+    }
+}
+
+/// Packs generated messages as resources under their names.
+fn resources<M: prost::Message + prost::Name>(
+    messages: Vec<M>,
+    name: impl Fn(&M) -> &String,
+) -> Vec<Resource> {
+    messages
+        .iter()
+        .map(|m| Resource::new(name(m).as_str(), m))
+        .collect()
 }
 
 /// Which translation `sextant serve` uses: Istio's (the default), or the

@@ -9,7 +9,9 @@
 //! PeerAuthentication ([`peer_authentication`]) on the server side.
 //! [`passthrough`] is the minimal generator the xDS work started with.
 pub mod authz;
+pub mod class;
 pub mod cluster;
+pub mod credential;
 pub mod endpoint;
 pub mod envoy;
 pub mod istio;

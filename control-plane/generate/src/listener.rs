@@ -104,6 +104,71 @@ pub fn listeners(mesh: &MeshSnapshot, proxy: &Proxy) -> Vec<Listener> {
     finish(candidates, proxy)
 }
 
+/// The half of a sidecar's listeners it shares with its class (outbound,
+/// see [`crate::class`]), finished, and the slots of all their candidates
+/// (before [`finish`] dropped any) for [`own_listeners`]. `None` for a
+/// gateway.
+pub fn shared_listeners(mesh: &MeshSnapshot, proxy: &Proxy) -> Option<(Vec<Listener>, Vec<Slot>)> {
+    let (_, shared) = split_candidates(mesh, proxy)?;
+    let slots = shared.iter().map(Slot::of).collect();
+    Some((finish(shared, proxy), slots))
+}
+
+/// The proxy's own listeners, finished, if none of them conflicts with a
+/// shared candidate (then own and shared together are exactly
+/// [`listeners`]); `None` otherwise, or for a gateway.
+pub fn own_listeners(mesh: &MeshSnapshot, proxy: &Proxy, shared: &[Slot]) -> Option<Vec<Listener>> {
+    let (own, _) = split_candidates(mesh, proxy)?;
+    let conflict = own
+        .iter()
+        .map(Slot::of)
+        .any(|o| shared.iter().any(|s| s.conflicts(&o)));
+    (!conflict).then(|| finish(own, proxy))
+}
+
+fn split_candidates(mesh: &MeshSnapshot, proxy: &Proxy) -> Option<(Vec<Listener>, Vec<Listener>)> {
+    match (proxy.proxy_type, proxy.interception_mode) {
+        (ProxyType::Router, _) => None,
+        (ProxyType::Sidecar, InterceptionMode::None) => Some(sidecar::split(mesh, proxy)),
+        (ProxyType::Sidecar, InterceptionMode::Redirect | InterceptionMode::Tproxy) => {
+            Some(capture::split(mesh, proxy))
+        }
+    }
+}
+
+/// Where a listener sits, for [`finish`]'s conflicts between listeners
+/// built apart.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Slot {
+    name: String,
+    socket: Option<(String, u32)>,
+    bound: Option<(String, u32)>,
+}
+
+impl Slot {
+    fn of(listener: &Listener) -> Slot {
+        Slot {
+            name: listener.name.clone(),
+            socket: socket(listener),
+            bound: bound_socket(listener),
+        }
+    }
+
+    /// Whether [`finish`] would keep only one of the two.
+    fn conflicts(&self, other: &Slot) -> bool {
+        if self.name == other.name {
+            return true;
+        }
+        if self.socket.is_some() && self.socket == other.socket {
+            return true;
+        }
+        match (&self.bound, &other.bound) {
+            (Some((a, p)), Some((b, q))) => p == q && (is_wildcard(a) || is_wildcard(b)),
+            _ => false,
+        }
+    }
+}
+
 /// Istio's text access log format (with `%REQ(:PATH)%` and
 /// `%UPSTREAM_CLUSTER%`), one line per request or TCP connection.
 pub const ACCESS_LOG_FORMAT: &str = concat!(

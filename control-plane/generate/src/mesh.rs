@@ -6,7 +6,8 @@
 //! will add services to the same list) and the indexes generators need:
 //! service by host, DestinationRule by host, VirtualServices by gateway,
 //! Sidecar and Gateways by proxy. Nothing here knows Envoy.
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
 
 use sextant_api::networking::service_entry::{Location, Resolution};
 use sextant_api::networking::{
@@ -17,6 +18,7 @@ use sextant_config::object::{IstioObject, Kind};
 use sextant_config::store::ConfigSnapshot;
 use sextant_xds::Proxy;
 
+use crate::class::PartCache;
 use crate::services::Protocol;
 
 /// Istio's root namespace: mesh-wide Sidecar and DestinationRule defaults
@@ -147,6 +149,133 @@ pub struct MeshSnapshot {
     /// Sorted by hostname, then namespace.
     pub services: Vec<MeshService>,
     by_host: HashMap<String, Vec<usize>>,
+    /// DestinationRules by the host they apply to.
+    rules: RuleIndex,
+    /// Label keys outbound generation reads from proxies (see
+    /// [`crate::class`]).
+    outbound_label_keys: BTreeSet<String>,
+    /// Outbound resources shared by proxy class, built on demand.
+    pub parts: PartCache,
+}
+
+/// WorkloadEntries by namespace and label, for ServiceEntry
+/// `workloadSelector`s: a thousand selectors must not each scan every
+/// workload.
+struct WorkloadIndex<'a> {
+    /// Every WorkloadEntry, in key order.
+    all: Vec<Named<'a, WorkloadEntry>>,
+    /// (namespace, label key, label value) -> positions in `all`.
+    by_label: HashMap<(&'a str, &'a str, &'a str), Vec<usize>>,
+    /// namespace -> positions in `all` (for empty selectors).
+    by_namespace: HashMap<&'a str, Vec<usize>>,
+}
+
+impl<'a> WorkloadIndex<'a> {
+    fn new(mesh: &'a MeshSnapshot) -> WorkloadIndex<'a> {
+        let all: Vec<_> = mesh.workload_entries().collect();
+        let mut by_label: HashMap<_, Vec<usize>> = HashMap::new();
+        let mut by_namespace: HashMap<_, Vec<usize>> = HashMap::new();
+        for (i, we) in all.iter().enumerate() {
+            by_namespace.entry(we.namespace).or_default().push(i);
+            for (k, v) in &we.object.spec.labels {
+                by_label
+                    .entry((we.namespace, k.as_str(), v.as_str()))
+                    .or_default()
+                    .push(i);
+            }
+        }
+        WorkloadIndex {
+            all,
+            by_label,
+            by_namespace,
+        }
+    }
+
+    /// WorkloadEntries of `namespace` that `selector` selects, in key
+    /// order.
+    fn selected<'s>(
+        &'s self,
+        namespace: &'s str,
+        selector: &'s BTreeMap<String, String>,
+    ) -> impl Iterator<Item = &'s Named<'a, WorkloadEntry>> + 's {
+        let candidates = match selector.iter().next() {
+            Some((k, v)) => self.by_label.get(&(namespace, k.as_str(), v.as_str())),
+            None => self.by_namespace.get(namespace),
+        };
+        candidates
+            .map(Vec::as_slice)
+            .unwrap_or_default()
+            .iter()
+            .map(|&i| &self.all[i])
+            .filter(move |we| labels_match(selector, &we.object.spec.labels))
+    }
+}
+
+/// DestinationRules by resolved host: looking one up for each of thousands
+/// of clusters must not scan them all.
+#[derive(Debug, Default)]
+struct RuleIndex {
+    /// Every DestinationRule, in key order.
+    rules: Vec<Arc<IstioObject>>,
+    /// Lowercase resolved host -> positions in `rules`.
+    exact: HashMap<String, Vec<usize>>,
+    /// Positions of rules whose host is a wildcard, with that host.
+    wildcard: Vec<(usize, String)>,
+}
+
+impl RuleIndex {
+    fn build(config: &ConfigSnapshot) -> RuleIndex {
+        let mut index = RuleIndex::default();
+        let drs = config
+            .objects
+            .values()
+            .filter(|o| matches!(o.as_ref(), IstioObject::DestinationRule(_)));
+        for object in drs {
+            let IstioObject::DestinationRule(dr) = object.as_ref() else {
+                continue;
+            };
+            let position = index.rules.len();
+            let host = resolve_host(&dr.spec.host, object.namespace());
+            if host.starts_with('*') {
+                index.wildcard.push((position, host));
+            } else {
+                index
+                    .exact
+                    .entry(host.to_ascii_lowercase())
+                    .or_default()
+                    .push(position);
+            }
+            index.rules.push(object.clone());
+        }
+        index
+    }
+
+    /// Rules whose host covers `hostname`, in key order.
+    fn matching<'a>(&'a self, hostname: &str) -> impl Iterator<Item = Named<'a, DestinationRule>> {
+        let mut positions: Vec<usize> = self
+            .exact
+            .get(&hostname.to_ascii_lowercase())
+            .cloned()
+            .unwrap_or_default();
+        positions.extend(
+            self.wildcard
+                .iter()
+                .filter(|(_, host)| host_matches(host, hostname))
+                .map(|(p, _)| *p),
+        );
+        positions.sort_unstable();
+        positions.into_iter().filter_map(|p| {
+            let object = self.rules[p].as_ref();
+            match object {
+                IstioObject::DestinationRule(dr) => Some(Named {
+                    namespace: object.namespace(),
+                    name: object.name(),
+                    object: dr.as_ref(),
+                }),
+                _ => None,
+            }
+        })
+    }
 }
 
 macro_rules! typed_iter {
@@ -170,13 +299,18 @@ impl MeshSnapshot {
     pub fn build(config: ConfigSnapshot) -> MeshSnapshot {
         let mut mesh = MeshSnapshot {
             version: config.version,
+            rules: RuleIndex::build(&config),
             config,
             services: Vec::new(),
             by_host: HashMap::new(),
+            outbound_label_keys: BTreeSet::new(),
+            parts: PartCache::default(),
         };
+        mesh.outbound_label_keys = crate::class::outbound_label_keys(&mesh);
+        let workloads = WorkloadIndex::new(&mesh);
         let mut services: Vec<MeshService> = mesh
             .service_entries()
-            .flat_map(|se| mesh.services_of(se))
+            .flat_map(|se| mesh.services_of(se, &workloads))
             .collect();
         services.sort_by(|a, b| (&a.hostname, &a.namespace).cmp(&(&b.hostname, &b.namespace)));
         let mut by_host: HashMap<String, Vec<usize>> = HashMap::new();
@@ -191,6 +325,20 @@ impl MeshSnapshot {
         mesh
     }
 
+    /// [`MeshSnapshot::build`], keeping the shared parts of `previous` that
+    /// come out equal (see [`crate::class`]): proxies whose configuration
+    /// did not change are then told so without a comparison.
+    pub fn build_after(config: ConfigSnapshot, previous: &MeshSnapshot) -> MeshSnapshot {
+        let mut mesh = MeshSnapshot::build(config);
+        mesh.parts = PartCache::after(&previous.parts);
+        mesh
+    }
+
+    /// Label keys outbound generation reads from proxies.
+    pub fn outbound_label_keys(&self) -> &BTreeSet<String> {
+        &self.outbound_label_keys
+    }
+
     typed_iter!(service_entries, ServiceEntry, ServiceEntry);
     typed_iter!(workload_entries, WorkloadEntry, WorkloadEntry);
     typed_iter!(virtual_services, VirtualService, VirtualService);
@@ -198,7 +346,11 @@ impl MeshSnapshot {
     typed_iter!(gateways, Gateway, Gateway);
     typed_iter!(sidecars, Sidecar, Sidecar);
 
-    fn services_of(&self, se: Named<'_, ServiceEntry>) -> Vec<MeshService> {
+    fn services_of(
+        &self,
+        se: Named<'_, ServiceEntry>,
+        workloads: &WorkloadIndex<'_>,
+    ) -> Vec<MeshService> {
         let spec = &se.object.spec;
         let ports: Vec<MeshPort> = spec
             .ports
@@ -211,12 +363,8 @@ impl MeshSnapshot {
             })
             .collect();
         let endpoints: Vec<Endpoint> = match &spec.workload_selector {
-            Some(selector) => self
-                .workload_entries()
-                .filter(|we| {
-                    we.namespace == se.namespace
-                        && labels_match(&selector.labels, &we.object.spec.labels)
-                })
+            Some(selector) => workloads
+                .selected(se.namespace, &selector.labels)
                 .map(|we| endpoint(&we.object.spec, we.namespace))
                 .collect(),
             None => spec
@@ -275,9 +423,9 @@ impl MeshSnapshot {
         service_namespace: &str,
     ) -> Option<Named<'_, DestinationRule>> {
         let candidates: Vec<Named<'_, DestinationRule>> = self
-            .destination_rules()
+            .rules
+            .matching(hostname)
             .filter(|dr| exported_to(&dr.object.spec.export_to, dr.namespace, proxy_namespace))
-            .filter(|dr| host_matches(&resolve_host(&dr.object.spec.host, dr.namespace), hostname))
             .collect();
         let rank = |dr: &Named<'_, DestinationRule>| {
             let ns = if dr.namespace == proxy_namespace {

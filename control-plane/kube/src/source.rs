@@ -142,6 +142,7 @@ impl KubeSource {
                 (Leadership::Alone(tx), rx)
             }
         };
+        let secrets = SecretIndex::feeding(store.clone());
         Self {
             client,
             store,
@@ -150,7 +151,7 @@ impl KubeSource {
             leader,
             mesh: watch::channel(MeshConfig::default()).0,
             namespaces: watch::channel(Namespaces::new()).0,
-            secrets: SecretIndex::default(),
+            secrets,
             status: StatusQueue::default(),
             synced: watch::channel(false).0,
         }

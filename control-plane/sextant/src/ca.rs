@@ -1,7 +1,8 @@
 //! The CA inside `sextant serve`, as Citadel runs inside istiod: its keys
 //! from `--ca-dir` (created on first start, or Istio's plugged-in `cacerts`
 //! layout), Istio's `IstioCertificateService`, and the TLS settings of port
-//! 15012, where the CA and xDS over TLS share one server.
+//! 15012, where the CA and xDS over TLS share one server, with a serving
+//! certificate that rotates (see [`crate::serving_tls`]).
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -12,11 +13,11 @@ use prometheus_client::registry::Registry;
 use sextant_ca::metrics::CaMetrics;
 use sextant_ca::pb::istio_certificate_service_server::IstioCertificateServiceServer;
 use sextant_ca::service::{
-    Authenticator, CaService, Chain, ClientCertAuthenticator, TokenAuthenticator, server_tls_config,
+    Authenticator, CaService, Chain, ClientCertAuthenticator, TokenAuthenticator,
 };
 use sextant_ca::{CaOptions, CertificateAuthority};
-use tonic::transport::ServerTlsConfig;
 
+use crate::serving_tls::ServingTls;
 use crate::xds::parse_duration;
 
 #[derive(clap::Args, Debug, Clone)]
@@ -57,15 +58,20 @@ pub struct CaArgs {
         default_value = "istiod.istio-system.svc,istiod.istio-system.svc.cluster.local,istiod,localhost,127.0.0.1"
     )]
     pub tls_server_names: Vec<String>,
+    /// Lifetime of the serving certificates of the TLS port and the webhook
+    /// port (issued by this CA for --tls-server-names). Each is replaced at
+    /// half its life, without a restart and without dropping connections.
+    #[arg(long, default_value = "24h", value_parser = parse_duration)]
+    pub serving_cert_ttl: Duration,
 }
 
 /// A running CA: what the TLS port serves.
 pub struct Ca {
     pub authority: Arc<CertificateAuthority>,
     pub service: IstioCertificateServiceServer<CaService>,
-    /// Port 15012's TLS: a serving certificate from the CA, optional client
-    /// certificates chained to its root.
-    pub tls: ServerTlsConfig,
+    /// Port 15012's TLS: a serving certificate from the CA (rotating),
+    /// optional client certificates chained to its root.
+    pub tls: ServingTls,
     pub addr: SocketAddr,
 }
 
@@ -122,11 +128,10 @@ pub fn start_with(
         authenticators.push(Arc::new(tokens));
     }
     authenticators.extend(extra);
-    let tls = server_tls_config(&authority, &args.tls_server_names)
-        .context("issuing the TLS server's certificate")?;
     let metrics = CaMetrics::default();
     metrics.register(registry);
     let authority = Arc::new(authority);
+    let tls = ServingTls::grpc(&authority, &args.tls_server_names, args.serving_cert_ttl)?;
     let service = CaService::new(
         authority.clone(),
         Arc::new(Chain::new(authenticators)),

@@ -12,6 +12,7 @@ mod ca;
 mod inject;
 mod kube;
 mod serve;
+mod serving_tls;
 mod validate;
 mod webhook;
 mod xds;

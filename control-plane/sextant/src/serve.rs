@@ -169,7 +169,11 @@ async fn serve(mut args: ServeArgs) -> anyhow::Result<()> {
                     "--webhook-addr needs a CA for its certificate: give --ca-dir, or --kube"
                 );
             };
-            let tls = webhook::tls_config(&ca.authority, &args.ca.tls_server_names)?;
+            let tls = webhook::tls_config(
+                &ca.authority,
+                &args.ca.tls_server_names,
+                args.ca.serving_cert_ttl,
+            )?;
             let discovery = format!("{}.{namespace}.svc:15012", args.kube.service_name);
             let mut inject = InjectConfig::new(args.kube.proxy_image.clone());
             inject.xds_address = discovery.clone();

@@ -9,7 +9,7 @@ use std::process::ExitCode;
 
 use sextant_config::file_source::{config_files, describe_raw};
 use sextant_config::object::{self, IstioObject};
-use sextant_config::{analysis, validation};
+use sextant_config::{analysis, credential, validation};
 
 #[derive(clap::Args)]
 pub struct ValidateArgs {
@@ -52,6 +52,19 @@ pub fn run(args: ValidateArgs) -> ExitCode {
             };
             let described =
                 describe_raw(&value).unwrap_or_else(|| format!("document {}", index + 1));
+            // Secrets (gateways' credentialName) are checked as the store would.
+            if credential::is_secret(&value) {
+                let checked = credential::parse_secret(value)
+                    .map_err(|e| e.to_string())
+                    .and_then(|(_, c)| {
+                        c.map_or(Ok(()), |c| c.validate().map_err(|e| e.to_string()))
+                    });
+                if let Err(e) = checked {
+                    println!("{shown}: {described}: {e}");
+                    errors += 1;
+                }
+                continue;
+            }
             let obj = match object::parse(value) {
                 Ok(o) => o,
                 Err(e) => {

@@ -161,9 +161,10 @@ impl Xds {
                     .await
                     .with_context(|| format!("binding the TLS address {}", ca.addr))?;
                 tracing::info!(addr = %ca.addr, "TLS server listening (xDS with client certificates, and the CA)");
+                // The handshakes run (and the certificate rotates) outside
+                // tonic, whose own TLS cannot change certificates.
                 Some((
-                    listener,
-                    ca.tls.clone(),
+                    crate::serving_tls::incoming(ca.tls.accept(listener)),
                     self.server.routes().add_service(ca.service.clone()),
                 ))
             }
@@ -187,8 +188,8 @@ impl Xds {
         };
         let tls = async {
             match tls {
-                Some((listener, config, routes)) => server
-                    .serve_with(listener, Some(config), routes, std::future::pending())
+                Some((incoming, routes)) => server
+                    .serve_incoming(incoming, routes, std::future::pending())
                     .await
                     .context("TLS server"),
                 None => std::future::pending().await,
@@ -234,8 +235,12 @@ async fn push_loop(
         pushed = snapshot.version;
         let version = xds.version(&snapshot);
         tracing::info!(%version, changes = batch.events.len(), waited_ms = batch.first_at.elapsed().as_millis() as u64, "pushing a new xDS snapshot");
+        // Built after the current snapshot, whose shared parts it keeps
+        // where they come out equal (proxies left unchanged are then not
+        // even compared).
+        let mesh = MeshSnapshot::build_after(snapshot, &xds.server.current().snapshot);
         xds.server
-            .push(Push::new(version, MeshSnapshot::build(snapshot)).started_at(batch.first_at));
+            .push(Push::new(version, mesh).started_at(batch.first_at));
     }
 }
 

@@ -16,11 +16,13 @@ use k8s_openapi::api::core::v1::{Pod, PodSpec};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
+mod probes;
 mod settings;
 mod template;
 mod workload;
 mod yaml;
 
+pub use probes::{APP_PROBERS_ENV, ProbeKind, app_health_path};
 pub use settings::InterceptionMode;
 pub use yaml::inject_yaml;
 
@@ -51,7 +53,8 @@ pub const INBOUND_CAPTURE_PORT: u16 = 15006;
 pub const PROMETHEUS_PORT: u16 = 15090;
 /// The health port the readiness probe asks (`/healthz/ready`).
 pub const HEALTH_PORT: u16 = 15021;
-/// Istio's agent status port, excluded from capture as Istio does.
+/// Istio's agent status port, excluded from capture as Istio does: kubelet
+/// sends the rewritten app probes here (see [`APP_PROBERS_ENV`]).
 pub const STATUS_PORT: u16 = 15020;
 
 /// Istio's annotations that injection reads or writes.
@@ -73,6 +76,9 @@ pub mod annotation {
     pub const INCLUDE_OUTBOUND_PORTS: &str = "traffic.sidecar.istio.io/includeOutboundPorts";
     pub const EXCLUDE_OUTBOUND_PORTS: &str = "traffic.sidecar.istio.io/excludeOutboundPorts";
     pub const EXCLUDE_INTERFACES: &str = "traffic.sidecar.istio.io/excludeInterfaces";
+    /// `"false"` keeps the app's HTTP/TCP/gRPC probes as they are instead of
+    /// sending them through the agent (Go booleans: true, false, 1, 0, t, f).
+    pub const REWRITE_APP_HTTP_PROBERS: &str = "sidecar.istio.io/rewriteAppHTTPProbers";
     /// Not supported by Sextant: injection fails with a clear error.
     pub const KUBEVIRT_INTERFACES: &str = "traffic.sidecar.istio.io/kubevirtInterfaces";
     /// Istio's per-pod ProxyConfig (YAML); `holdApplicationUntilProxyStarts`,
@@ -135,6 +141,11 @@ pub struct InjectConfig {
     /// Start the proxy before the application containers (mesh default;
     /// `proxy.istio.io/config` overrides it per pod).
     pub hold_application_until_proxy_starts: bool,
+    /// Send the apps' probes through the agent (Istio's
+    /// `sidecarInjectorWebhook.rewriteAppHTTPProbe`, on by default), so
+    /// STRICT mutual TLS does not fail them; the
+    /// `sidecar.istio.io/rewriteAppHTTPProbers` annotation overrides it.
+    pub rewrite_app_probers: bool,
 }
 
 impl InjectConfig {
@@ -165,6 +176,7 @@ impl InjectConfig {
                 ("memory".into(), quantity("1024Mi")),
             ]),
             hold_application_until_proxy_starts: false,
+            rewrite_app_probers: true,
         }
     }
 }
@@ -190,6 +202,13 @@ pub enum InjectError {
         annotation::INJECT
     )]
     Conflict { what: &'static str, name: String },
+    #[error("{context}: {value:?}: {message}")]
+    Probe {
+        /// The container and probe field.
+        context: String,
+        value: String,
+        message: String,
+    },
     #[error("the pod has no spec")]
     NoSpec,
     #[error("document {document}: {message}")]

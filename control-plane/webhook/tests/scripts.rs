@@ -470,7 +470,8 @@ fn the_entrypoint_bootstraps_then_supervises_agent_and_envoy() {
         "agent --ca-addr https://istiod.istio-system.svc:15012 --ca-root-cert /var/run/secrets/istio/root-cert.pem \
          --ca-server-name istiod.istio-system.svc --token-file /var/run/secrets/tokens/istio-token \
          --namespace bookinfo --service-account bookinfo-productpage --trust-domain cluster.local \
-         --cluster-id Kubernetes --sds-socket /var/run/secrets/workload-spiffe-uds/socket"
+         --cluster-id Kubernetes --sds-socket /var/run/secrets/workload-spiffe-uds/socket \
+         --status-addr 0.0.0.0:15020"
     );
     assert_eq!(
         read(&dir, "envoy.args"),
@@ -496,6 +497,7 @@ fn plaintext_xds_and_ipv6_addresses() {
     );
     assert!(read(&dir, "sextant-agent.args").contains("--ca-addr http://[fd00::10]:15010 --ca-root-cert /var/run/secrets/istio/root-cert.pem --ca-server-name fd00::10 "));
     assert!(read(&dir, "envoy.args").contains("--local-address-ip-version v6"));
+    assert!(read(&dir, "sextant-agent.args").ends_with("--status-addr [::]:15020"));
 
     let (dir, _) = entrypoint(&[("XDS_TLS", "true"), ("DISCOVERY_ADDRESS", "10.0.0.5:15010")]);
     assert!(read(&dir, "sextant-bootstrap.args").ends_with("--xds-tls --xds-server-name 10.0.0.5"));

@@ -19,6 +19,7 @@ use tokio_stream::{Stream, StreamExt};
 use tonic::Status;
 use tracing::Instrument;
 
+use crate::generated::Generated;
 use crate::identity::Peer;
 use crate::proxy::Proxy;
 use crate::server::{Conn, Push, Service, Shared, Stop};
@@ -32,8 +33,15 @@ const OUTSTANDING: usize = 32;
 #[derive(Default)]
 struct TypeState {
     subscription: Subscription,
-    /// Name -> version of every resource the proxy has.
-    has: BTreeMap<String, String>,
+    /// The generator's answer the proxy was last brought up to date with:
+    /// it has the resources of it its subscription matches (shared parts
+    /// make this a few pointers; an unchanged answer is told in O(1)).
+    sent: Generated,
+    /// What a reconnecting proxy said it has (`initial_resource_versions`),
+    /// until the first response.
+    initial: Option<BTreeMap<String, String>>,
+    /// Names to send even if unchanged since `sent` (subscribed again).
+    resend: BTreeSet<String>,
     /// Subscribed names already reported as not existing.
     absent: BTreeSet<String>,
     /// (nonce, system version) of responses not yet answered.
@@ -206,25 +214,30 @@ impl<S: Send + Sync + 'static> DeltaStream<S> {
             // What the proxy kept from an earlier stream: not resent if
             // unchanged.
             let subscription = &state.subscription;
-            state.has = request
-                .initial_resource_versions
-                .into_iter()
-                .filter(|(name, _)| subscription.matches(name))
-                .collect();
+            state.initial = Some(
+                request
+                    .initial_resource_versions
+                    .into_iter()
+                    .filter(|(name, _)| subscription.matches(name))
+                    .collect(),
+            );
             true
         } else {
             for name in &request.resource_names_unsubscribe {
-                state.has.remove(name);
+                state.resend.remove(name);
                 state.absent.remove(name);
             }
-            for name in request
-                .resource_names_subscribe
-                .iter()
-                .filter(|n| *n != WILDCARD)
-            {
+            for name in &request.resource_names_subscribe {
+                if name == WILDCARD {
+                    if !state.subscription.wildcard {
+                        // Everything becomes wanted: send it all again.
+                        state.sent = Generated::new();
+                    }
+                    continue;
+                }
                 // A (re)subscribed resource must be sent, even if the proxy
                 // seems to have it.
-                state.has.remove(name);
+                state.resend.insert(name.clone());
                 state.absent.remove(name);
             }
             state.subscription.delta_update(
@@ -284,39 +297,74 @@ impl<S: Send + Sync + 'static> DeltaStream<S> {
         let Some(generated) = self.conn.generate(type_url, &state.subscription) else {
             return Ok(false);
         };
-        let mut removed: Vec<String> = state
-            .has
-            .keys()
-            .filter(|n| !generated.contains_key(*n))
-            .cloned()
-            .collect();
+        let initial = state.initial.take();
+        if !force && initial.is_none() && state.resend.is_empty() && generated.same(&state.sent) {
+            return Ok(false);
+        }
+        let subscription = &state.subscription;
+        let (mut changed, mut removed): (Vec<_>, Vec<String>) = match &initial {
+            // What the proxy kept from an earlier stream is not resent if
+            // unchanged.
+            Some(has) => (
+                generated
+                    .sorted()
+                    .into_iter()
+                    .filter(|r| subscription.matches(&r.name))
+                    .filter(|r| has.get(&r.name) != Some(&r.version))
+                    .collect(),
+                has.keys()
+                    .filter(|n| !generated.contains(n))
+                    .cloned()
+                    .collect(),
+            ),
+            None => {
+                let diff = state.sent.diff(&generated);
+                (
+                    diff.changed
+                        .into_iter()
+                        .filter(|r| subscription.matches(&r.name))
+                        .collect(),
+                    diff.removed
+                        .into_iter()
+                        .filter(|n| subscription.matches(n))
+                        .map(str::to_string)
+                        .collect(),
+                )
+            }
+        };
+        for name in &state.resend {
+            if let Some(resource) = generated.get(name)
+                && !changed.iter().any(|r| r.name == *name)
+            {
+                changed.push(resource);
+            }
+        }
         for name in &removed {
-            state.has.remove(name);
-            if state.subscription.names.contains(name) {
+            if subscription.names.contains(name) {
                 state.absent.insert(name.clone());
             }
         }
+        if !state.absent.is_empty() {
+            state.absent.retain(|name| !generated.contains(name));
+        }
         // Named and missing: say so once, so the proxy need not wait for a
         // timeout.
-        for name in &state.subscription.names {
-            if !generated.contains_key(name) && state.absent.insert(name.clone()) {
+        for name in &subscription.names {
+            if !generated.contains(name) && state.absent.insert(name.clone()) {
                 removed.push(name.clone());
             }
         }
-        let mut resources = Vec::new();
-        for (name, resource) in generated {
-            state.absent.remove(&name);
-            if state.has.get(&name) == Some(&resource.version) {
-                continue;
-            }
-            state.has.insert(name.clone(), resource.version.clone());
-            resources.push(DeltaResource {
-                name,
-                version: resource.version,
-                resource: Some(resource.body),
+        let resources: Vec<DeltaResource> = changed
+            .iter()
+            .map(|r| DeltaResource {
+                name: r.name.clone(),
+                version: r.version.clone(),
+                resource: Some(r.body.clone()),
                 ..Default::default()
-            });
-        }
+            })
+            .collect();
+        state.sent = generated;
+        state.resend.clear();
         if !force && resources.is_empty() && removed.is_empty() {
             return Ok(false);
         }

@@ -2,6 +2,7 @@
 //! control plane.
 use std::collections::BTreeSet;
 
+use crate::generated::Generated;
 use crate::proxy::Proxy;
 use crate::resource::Resource;
 
@@ -34,6 +35,20 @@ pub trait Generator<S>: Send + Sync + 'static {
         proxy: &Proxy,
         request: &ResourceRequest<'_>,
     ) -> Result<Vec<Resource>, BoxError>;
+
+    /// The same answer in parts that proxies share (see
+    /// [`crate::generated`]): what the server calls. The default wraps
+    /// [`Generator::generate`] in one part of the proxy's own; a generator
+    /// that builds shared parts once per snapshot overrides it, and must
+    /// answer exactly what `generate` would.
+    fn generate_parts(
+        &self,
+        snapshot: &S,
+        proxy: &Proxy,
+        request: &ResourceRequest<'_>,
+    ) -> Result<Generated, BoxError> {
+        Ok(Generated::from(self.generate(snapshot, proxy, request)?))
+    }
 }
 
 impl<S, F> Generator<S> for F

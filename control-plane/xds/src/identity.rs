@@ -69,6 +69,12 @@ impl FromStr for SpiffeId {
     }
 }
 
+impl serde::Serialize for SpiffeId {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
 impl fmt::Display for SpiffeId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
@@ -199,8 +205,11 @@ pub(crate) fn authenticate<T>(
 ///
 /// A proxy that claims no service account (no `SERVICE_ACCOUNT` metadata)
 /// is given the certificate's, as Istio does: it claimed nothing the
-/// certificate contradicts, and generators then see the verified one.
+/// certificate contradicts, and generators then see the verified one. The
+/// matching identity is recorded in [`Proxy::verified_identity`] (Istio's
+/// `VerifiedIdentity`), which generators check before handing out secrets.
 pub(crate) fn authorize(peer: &Peer, proxy: &mut Proxy) -> Result<Option<SpiffeId>, Refusal> {
+    proxy.verified_identity = None;
     let Peer::Certified(identities) = peer else {
         return Ok(None);
     };
@@ -226,6 +235,7 @@ pub(crate) fn authorize(peer: &Peer, proxy: &mut Proxy) -> Result<Option<SpiffeI
     if proxy.service_account.is_none() {
         proxy.service_account = Some(identity.service_account.clone());
     }
+    proxy.verified_identity = Some(identity.clone());
     Ok(Some(identity.clone()))
 }
 
@@ -240,6 +250,42 @@ fn list(identities: &[SpiffeId]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn gateway(namespace: &str) -> Proxy {
+        let node = envoy_types::pb::envoy::config::core::v3::Node {
+            id: format!("router~10.0.0.1~gw.{namespace}~{namespace}.svc.cluster.local"),
+            ..Default::default()
+        };
+        Proxy::from_node(Some(&node)).unwrap()
+    }
+
+    fn id(namespace: &str, sa: &str) -> SpiffeId {
+        format!("spiffe://cluster.local/ns/{namespace}/sa/{sa}")
+            .parse()
+            .unwrap()
+    }
+
+    #[test]
+    fn authorize_records_the_verified_identity_only_when_proven() {
+        let mut proxy = gateway("istio-system");
+        assert_eq!(authorize(&Peer::Unverified, &mut proxy).unwrap(), None);
+        assert_eq!(proxy.verified_identity, None, "plaintext proves nothing");
+
+        let certified = Peer::Certified(vec![id("istio-system", "ingress")]);
+        let verified = authorize(&certified, &mut proxy).unwrap();
+        assert_eq!(verified, Some(id("istio-system", "ingress")));
+        assert_eq!(proxy.verified_identity, verified);
+        assert_eq!(proxy.service_account.as_deref(), Some("ingress"));
+
+        let mut other = gateway("default");
+        let refused = authorize(&certified, &mut other).unwrap_err();
+        assert_eq!(refused.reason, reason::IDENTITY_MISMATCH);
+        assert_eq!(other.verified_identity, None);
+        assert_eq!(
+            serde_json::to_value(&proxy).unwrap()["verified_identity"],
+            "spiffe://cluster.local/ns/istio-system/sa/ingress"
+        );
+    }
 
     #[test]
     fn parses_istio_spiffe_ids() {

@@ -30,8 +30,10 @@
 //! and service account its node claims ([`identity`]).
 pub mod debounce;
 mod delta;
+pub mod generated;
 pub mod generator;
 pub mod identity;
+pub mod incoming;
 pub mod metrics;
 pub mod proxy;
 pub mod resource;
@@ -41,10 +43,11 @@ pub mod status;
 mod subscription;
 pub mod type_url;
 
+pub use generated::{Generated, Part};
 pub use generator::{BoxError, Generator, ResourceRequest};
 pub use identity::SpiffeId;
 pub use proxy::{InterceptionMode, Proxy, ProxyError, ProxyType};
-pub use resource::Resource;
+pub use resource::{Resource, ResourceData};
 pub use server::{Push, ServerOptions, XdsServer};
 pub use status::{ConnectionStatus, TypeStatus};
 

@@ -13,6 +13,8 @@ use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::google::protobuf::{Struct, Value, value::Kind};
 use serde::Serialize;
 
+use crate::identity::SpiffeId;
+
 /// The role of a proxy, the first field of its node id.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -75,6 +77,11 @@ pub struct Proxy {
     /// Every metadata key, as flat strings where they are strings.
     #[serde(skip)]
     pub raw_metadata: BTreeMap<String, Value>,
+    /// The identity the proxy proved with its client certificate (xDS over
+    /// TLS), set by the server once the node matched it; `None` for a proxy
+    /// taken at its word (plaintext). Never from the node itself: what may
+    /// be given only to a proven identity (Secrets over SDS) checks this.
+    pub verified_identity: Option<SpiffeId>,
 }
 
 /// Why a node was refused.
@@ -186,6 +193,7 @@ impl Proxy {
             istio_version: string("ISTIO_VERSION"),
             service_cluster: node.cluster.clone(),
             raw_metadata,
+            verified_identity: None,
             id,
         })
     }

@@ -16,6 +16,8 @@
 //! `Any` is compared by its bytes, which are themselves non-canonical.
 mod canonical;
 
+use std::sync::Arc;
+
 use envoy_types::pb::google::protobuf::Any;
 use prost::{Message, Name};
 
@@ -24,15 +26,38 @@ use prost::{Message, Name};
 /// generations of the same content have the same version and compare
 /// equal.
 ///
+/// Cheap to clone (the content is shared): thousands of proxies are sent
+/// the same clusters, and a generator that builds a resource once per
+/// snapshot hands every proxy the same allocation. Fields are read through
+/// `Deref` (`resource.name`, `resource.version`, `resource.body`).
+///
 /// Bodies of types outside Envoy's descriptors (or not valid encodings of
 /// their type) are kept and hashed as they are; a generator that packs such
 /// messages with maps can give a version of its own with
 /// [`Resource::with_version`].
+#[derive(Clone, Debug)]
+pub struct Resource(Arc<ResourceData>);
+
+/// What a [`Resource`] holds.
 #[derive(Clone, Debug, PartialEq)]
-pub struct Resource {
+pub struct ResourceData {
     pub name: String,
     pub version: String,
     pub body: Any,
+}
+
+impl std::ops::Deref for Resource {
+    type Target = ResourceData;
+
+    fn deref(&self) -> &ResourceData {
+        &self.0
+    }
+}
+
+impl PartialEq for Resource {
+    fn eq(&self, other: &Resource) -> bool {
+        Arc::ptr_eq(&self.0, &other.0) || *self.0 == *other.0
+    }
 }
 
 impl Resource {
@@ -55,21 +80,33 @@ impl Resource {
             body.value = canonical;
         }
         let version = content_version(&body);
-        Resource {
+        Resource(Arc::new(ResourceData {
             name: name.into(),
             version,
             body,
-        }
+        }))
     }
 
     /// Replaces the content version.
     pub fn with_version(mut self, version: impl Into<String>) -> Resource {
-        self.version = version.into();
+        Arc::make_mut(&mut self.0).version = version.into();
         self
     }
 
     pub fn type_url(&self) -> &str {
         &self.body.type_url
+    }
+
+    /// Whether two handles share one allocation (then they are equal
+    /// without comparing content).
+    pub fn same(&self, other: &Resource) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+
+    /// Whether `other` has the same name and version (the content is then
+    /// the same, by construction of the version).
+    pub fn unchanged(&self, other: &Resource) -> bool {
+        self.same(other) || (self.version == other.version && self.name == other.name)
     }
 }
 

@@ -1,5 +1,5 @@
 //! The server: snapshots in, gRPC services out.
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -36,11 +36,11 @@ use tonic::transport::ServerTlsConfig;
 use tonic::transport::server::TcpIncoming;
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::generated::Generated;
 use crate::generator::{BoxError, Generator, ResourceRequest};
 use crate::identity::{self, Peer, Refusal, SpiffeId};
 use crate::metrics::Metrics;
 use crate::proxy::Proxy;
-use crate::resource::Resource;
 use crate::status::{ConnectionStatus, Nack, StatusHandle, StatusRegistry};
 use crate::subscription::Subscription;
 use crate::{delta, sotw, type_url};
@@ -124,23 +124,29 @@ pub(crate) struct Shared<S> {
 }
 
 impl<S: Send + Sync + 'static> Shared<S> {
-    /// Asks the generator for one type and keeps what the subscription
-    /// names, by name.
+    /// Asks the generator for one type. The answer is not filtered by the
+    /// subscription (streams filter what they send): filtering would copy
+    /// the parts proxies share.
     pub(crate) fn generate(
         &self,
         push: &Push<S>,
         proxy: &Proxy,
         type_url: &str,
         subscription: &Subscription,
-    ) -> Result<BTreeMap<String, Resource>, BoxError> {
+    ) -> Result<Generated, BoxError> {
         let request = ResourceRequest {
             type_url,
             names: subscription.hint(),
         };
-        let generated = self.generator.generate(&push.snapshot, proxy, &request)?;
-        let mut out = BTreeMap::new();
-        for resource in generated {
-            if resource.type_url() != type_url {
+        let generated = self
+            .generator
+            .generate_parts(&push.snapshot, proxy, &request)?;
+        // One resource per part is enough to catch a generator answering
+        // the wrong type (parts are built by one function each).
+        for part in generated.parts() {
+            if let Some(resource) = part.resources().first()
+                && resource.type_url() != type_url
+            {
                 return Err(format!(
                     "the generator returned {} {:?} for a {type_url} request",
                     resource.type_url(),
@@ -148,14 +154,8 @@ impl<S: Send + Sync + 'static> Shared<S> {
                 )
                 .into());
             }
-            if !subscription.matches(&resource.name) {
-                continue;
-            }
-            if let Some(previous) = out.insert(resource.name.clone(), resource) {
-                tracing::warn!(name = %previous.name, type_url, "the generator returned a resource name twice; keeping the last");
-            }
         }
-        Ok(out)
+        Ok(generated)
     }
 
     /// Checks the transport of a new stream or call (see
@@ -449,7 +449,7 @@ impl<S: Send + Sync + 'static> Conn<S> {
         &self,
         type_url: &str,
         subscription: &Subscription,
-    ) -> Option<BTreeMap<String, Resource>> {
+    ) -> Option<Generated> {
         match self
             .shared
             .generate(&self.push, &self.proxy, type_url, subscription)
@@ -572,7 +572,12 @@ fn fetch<S: Send + Sync + 'static>(
         .map_err(|e| Status::internal(format!("generating {type_url}: {e}")))?;
     Ok(DiscoveryResponse {
         version_info: push.version.clone(),
-        resources: resources.into_values().map(|r| r.body).collect(),
+        resources: resources
+            .sorted()
+            .into_iter()
+            .filter(|r| subscription.matches(&r.name))
+            .map(|r| r.body.clone())
+            .collect(),
         type_url,
         control_plane: shared.control_plane(),
         ..Default::default()
@@ -714,3 +719,11 @@ standalone!(
     delta_secrets / DeltaSecretsStream,
     fetch_secrets
 );
+
+impl<S> XdsServer<S> {
+    /// The options the server was made with (for servers started outside
+    /// this module, see [`crate::incoming`]).
+    pub fn options(&self) -> &ServerOptions {
+        &self.shared.options
+    }
+}

@@ -6,7 +6,7 @@
 //! whose nonce is not the latest is stale and ignored; a NACK is recorded
 //! and answered only if the subscription changed, so a rejected
 //! configuration is never resent in a loop.
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 
 use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
@@ -17,8 +17,10 @@ use tokio_stream::{Stream, StreamExt};
 use tonic::Status;
 use tracing::Instrument;
 
+use crate::generated::Generated;
 use crate::identity::Peer;
 use crate::proxy::Proxy;
+use crate::resource::Resource;
 use crate::server::{Conn, Push, Service, Shared, Stop};
 use crate::subscription::Subscription;
 use crate::type_url;
@@ -27,9 +29,13 @@ use crate::type_url;
 #[derive(Default)]
 struct TypeState {
     subscription: Subscription,
-    /// Name -> version of what the proxy was last sent (and still
-    /// subscribes to).
-    sent: BTreeMap<String, String>,
+    /// The generator's answer the proxy was last brought up to date with
+    /// (unfiltered: of it, the proxy has what its subscription matches).
+    /// Shared parts make this a few pointers, and an unchanged answer is
+    /// told in O(1).
+    sent: Generated,
+    /// Newly subscribed names, to send even if unchanged since `sent`.
+    added: BTreeSet<String>,
     /// The latest response's nonce.
     nonce: String,
     /// (nonce, version) of responses not yet answered.
@@ -174,7 +180,8 @@ impl<S: Send + Sync + 'static> SotwStream<S> {
             let previous = self.types.get(&type_url).map(|t| t.subscription.clone());
             let state = self.types.entry(type_url.clone()).or_default();
             state.subscription = Subscription::sotw(previous.as_ref(), &request.resource_names);
-            state.sent.clear();
+            state.sent = Generated::new();
+            state.added.clear();
             let subscription = state.subscription.clone();
             self.conn
                 .status
@@ -218,7 +225,15 @@ impl<S: Send + Sync + 'static> SotwStream<S> {
         let resubscribed = subscription != state.subscription;
         if resubscribed {
             // Newly named resources must be sent even if sent before.
-            state.sent.retain(|name, _| subscription.matches(name));
+            if subscription.wildcard && !state.subscription.wildcard {
+                state.sent = Generated::new();
+            }
+            state.added.extend(
+                subscription
+                    .names
+                    .difference(&state.subscription.names)
+                    .cloned(),
+            );
             state.subscription = subscription.clone();
         }
         if !resubscribed {
@@ -263,26 +278,44 @@ impl<S: Send + Sync + 'static> SotwStream<S> {
         let Some(generated) = self.conn.generate(type_url, &state.subscription) else {
             return Ok(false);
         };
-        let versions: BTreeMap<String, String> = generated
-            .iter()
-            .map(|(n, r)| (n.clone(), r.version.clone()))
-            .collect();
-        let full_state = type_url::requires_full_state(type_url) || state.subscription.wildcard;
-        let changed = |name: &String, version: &String| state.sent.get(name) != Some(version);
-        let any_changed = versions.iter().any(|(n, v)| changed(n, v));
-        let any_removed = state.sent.keys().any(|n| !versions.contains_key(n));
-        if !(force || any_changed || (full_state && any_removed)) {
-            // Resources gone from a partial type cannot be signalled in SotW
-            // (their parents stop naming them); forget we sent them.
-            state.sent = versions;
+        if !force && state.added.is_empty() && generated.same(&state.sent) {
             return Ok(false);
         }
-        let resources: Vec<_> = generated
-            .into_values()
-            .filter(|r| full_state || changed(&r.name, &r.version))
-            .map(|r| r.body)
+        let subscription = &state.subscription;
+        let full_state = type_url::requires_full_state(type_url) || subscription.wildcard;
+        let diff = state.sent.diff(&generated);
+        let mut changed: Vec<&Resource> = diff
+            .changed
+            .into_iter()
+            .filter(|r| subscription.matches(&r.name))
             .collect();
-        state.sent = versions;
+        for name in &state.added {
+            if let Some(resource) = generated.get(name)
+                && !changed.iter().any(|r| r.name == *name)
+            {
+                changed.push(resource);
+            }
+        }
+        let any_removed = diff.removed.iter().any(|n| subscription.matches(n));
+        if !(force || !changed.is_empty() || (full_state && any_removed)) {
+            // Resources gone from a partial type cannot be signalled in SotW
+            // (their parents stop naming them).
+            state.sent = generated;
+            state.added.clear();
+            return Ok(false);
+        }
+        let resources: Vec<_> = if full_state {
+            generated
+                .sorted()
+                .into_iter()
+                .filter(|r| subscription.matches(&r.name))
+                .map(|r| r.body.clone())
+                .collect()
+        } else {
+            changed.iter().map(|r| r.body.clone()).collect()
+        };
+        state.sent = generated;
+        state.added.clear();
         let nonce = self.conn.next_nonce();
         let version = self.conn.push.version.clone();
         state.nonce = nonce.clone();

@@ -191,7 +191,7 @@ fn builds<M: Message + Name>(build: impl Fn() -> M) -> (usize, BTreeSet<String>)
         raw.insert(message.encode_to_vec());
         let resource = Resource::new("r", &message);
         assert_eq!(resource, first, "equal messages give equal resources");
-        versions.insert(resource.version);
+        versions.insert(resource.version.clone());
     }
     (raw.len(), versions)
 }

@@ -135,6 +135,7 @@ fn proxy(ip: &str, namespace: &str, labels: &[(&str, &str)]) -> Proxy {
         istio_version: None,
         service_cluster: String::new(),
         raw_metadata: BTreeMap::new(),
+        verified_identity: None,
     }
 }
 

@@ -54,6 +54,26 @@ pub(super) fn listeners(mesh: &MeshSnapshot, proxy: &Proxy) -> Vec<Listener> {
     out.extend(outbound_listeners(mesh, proxy, true));
     out.push(virtual_outbound(fallback));
     out.push(virtual_inbound(mesh, proxy));
+    out.extend(port_listeners(mesh, proxy, fallback));
+    out
+}
+
+/// [`listeners`] in two: the proxy's own (inbound, virtual inbound) and
+/// those of its class (outbound), each in their order within `listeners`.
+pub(super) fn split(mesh: &MeshSnapshot, proxy: &Proxy) -> (Vec<Listener>, Vec<Listener>) {
+    let fallback = fallback_cluster(mesh, proxy);
+    let mut own = inbound_listeners(mesh, proxy, true);
+    own.push(virtual_inbound(mesh, proxy));
+    let mut shared = outbound_listeners(mesh, proxy, true);
+    shared.push(virtual_outbound(fallback));
+    shared.extend(port_listeners(mesh, proxy, fallback));
+    (own, shared)
+}
+
+/// One listener per outbound port, not bound: the virtual outbound
+/// listener hands them captured connections by original destination.
+fn port_listeners(mesh: &MeshSnapshot, proxy: &Proxy, fallback: &str) -> Vec<Listener> {
+    let mut out = Vec::new();
     for (&port, services) in &mesh.outbound_services(proxy) {
         if port == names::VIRTUAL_OUTBOUND_PORT || port == names::VIRTUAL_INBOUND_PORT {
             tracing::warn!(proxy = %proxy.id, "outbound port {port} is one of the capture ports; not served");

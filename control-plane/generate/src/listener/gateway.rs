@@ -6,7 +6,10 @@
 //!   `http.PORT` (httpsRedirect is the route configuration's business).
 //! - HTTPS and TLS with mode SIMPLE, MUTUAL or OPTIONAL_MUTUAL: a filter
 //!   chain per server matched on its hosts as SNI (none for `*`),
-//!   terminating TLS with the certificate files of the server; HTTPS then
+//!   terminating TLS with the certificate files of the server, or with the
+//!   Secrets its `credentialName(s)` name, fetched over SDS on the ADS
+//!   stream (`kubernetes://NAME`, `kubernetes://NAME-cacert` for the client
+//!   CA; see [`crate::credential`]); HTTPS then
 //!   routes by RDS `http.PORT`, TLS by the VirtualService `tcp` routes bound
 //!   to the gateway. With mode ISTIO_MUTUAL, the same terminating Istio's
 //!   mutual TLS: the gateway's own workload certificate and the mesh trust
@@ -19,15 +22,19 @@
 //!
 //! A port serves one kind (plain HTTP, TLS, TCP): a server of another kind
 //! on a taken port is skipped with a warning, as are servers Sextant cannot
-//! serve yet (`credentialName`: Kubernetes secrets; AUTO_PASSTHROUGH) or
-//! cannot serve (ISTIO_MUTUAL without SDS).
+//! serve yet (AUTO_PASSTHROUGH) or cannot serve (ISTIO_MUTUAL without SDS;
+//! `credentialName` whose Secret is missing from the gateway's namespace,
+//! or for a gateway that did not prove its identity over xDS-over-TLS, so
+//! that would never get the Secret).
 use sextant_api::networking::gateway::{Server, ServerTlsSettings, TlsMode, TlsProtocol};
 use sextant_xds::pb::envoy::config::core::v3::data_source::Specifier;
 use sextant_xds::pb::envoy::config::core::v3::{
     DataSource, TrafficDirection, TransportSocket, transport_socket,
 };
 use sextant_xds::pb::envoy::config::listener::v3::{FilterChain, FilterChainMatch, Listener};
-use sextant_xds::pb::envoy::extensions::transport_sockets::tls::v3::common_tls_context::ValidationContextType;
+use sextant_xds::pb::envoy::extensions::transport_sockets::tls::v3::common_tls_context::{
+    CombinedCertificateValidationContext, ValidationContextType,
+};
 use sextant_xds::pb::envoy::extensions::transport_sockets::tls::v3::subject_alt_name_matcher::SanType;
 use sextant_xds::pb::envoy::extensions::transport_sockets::tls::v3::tls_parameters::TlsProtocol as EnvoyTlsProtocol;
 use sextant_xds::pb::envoy::extensions::transport_sockets::tls::v3::{
@@ -269,6 +276,10 @@ fn server_chains(
                         Ok(crate::mtls::tls_transport_socket(
                             &crate::mtls::istio_mutual_server(&tls.subject_alt_names, alpn),
                         ))
+                    } else if crate::credential::uses_credentials(tls) {
+                        crate::credential::server_credentials(mesh, proxy, tls)
+                            .map_err(|why| format!("credentialName: {why}"))
+                            .and_then(|sds| downstream_tls_from(tls, alpn, Some(&sds)))
                     } else {
                         downstream_tls(tls, alpn)
                     };
@@ -423,6 +434,20 @@ pub(super) fn downstream_tls(
     tls: &ServerTlsSettings,
     alpn: &[&str],
 ) -> Result<TransportSocket, String> {
+    downstream_tls_from(tls, alpn, None)
+}
+
+/// [`downstream_tls`] with the certificates (and client CA) of Secrets
+/// over SDS when `sds` is given (a Gateway server's `credentialName`,
+/// already checked by [`crate::credential::server_credentials`]), else of
+/// files. With SDS the client CA comes as Istio sends it: a combined
+/// validation context, the server's SAN, SPKI and hash checks beside the
+/// CA Secret.
+fn downstream_tls_from(
+    tls: &ServerTlsSettings,
+    alpn: &[&str],
+    sds: Option<&crate::credential::ServerCredentials>,
+) -> Result<TransportSocket, String> {
     let mode = tls.mode.unwrap_or(TlsMode::Simple);
     if !matches!(
         mode,
@@ -432,8 +457,11 @@ pub(super) fn downstream_tls(
             "tls mode {mode:?} does not terminate TLS with certificate files"
         ));
     }
-    if !tls.credential_name.is_empty() || !tls.credential_names.is_empty() {
-        return Err("credentialName (Kubernetes secrets) is not supported yet".to_string());
+    if sds.is_none() && crate::credential::uses_credentials(tls) {
+        return Err(
+            "credentialName is served on Gateway servers only, not on Sidecar ingress listeners"
+                .to_string(),
+        );
     }
     let mut certificates: Vec<TlsCertificate> = Vec::new();
     let pairs = std::iter::once((tls.server_certificate.as_str(), tls.private_key.as_str())).chain(
@@ -441,7 +469,8 @@ pub(super) fn downstream_tls(
             .iter()
             .map(|c| (c.server_certificate.as_str(), c.private_key.as_str())),
     );
-    for (cert, key) in pairs {
+    // Secrets, when given, replace the files.
+    for (cert, key) in pairs.filter(|_| sds.is_none()) {
         match (file(cert), file(key)) {
             (Some(cert), Some(key)) => certificates.push(TlsCertificate {
                 certificate_chain: Some(cert),
@@ -452,16 +481,12 @@ pub(super) fn downstream_tls(
             _ => return Err("serverCertificate and privateKey go together".to_string()),
         }
     }
-    if certificates.is_empty() {
+    if certificates.is_empty() && sds.is_none() {
         return Err("no serverCertificate and privateKey".to_string());
     }
     let mutual = matches!(mode, TlsMode::Mutual | TlsMode::OptionalMutual);
-    let validation = if mutual {
-        let Some(ca) = file(&tls.ca_certificates) else {
-            return Err(format!("tls mode {mode:?} needs caCertificates"));
-        };
-        let sans = tls
-            .subject_alt_names
+    let sans = || -> Vec<SubjectAltNameMatcher> {
+        tls.subject_alt_names
             .iter()
             .map(|san| SubjectAltNameMatcher {
                 san_type: (if san.contains("://") {
@@ -475,19 +500,44 @@ pub(super) fn downstream_tls(
                 }),
                 ..Default::default()
             })
-            .collect();
-        Some(ValidationContextType::ValidationContext(
-            CertificateValidationContext {
-                trusted_ca: Some(ca),
-                crl: file(&tls.ca_crl),
-                match_typed_subject_alt_names: sans,
-                verify_certificate_spki: tls.verify_certificate_spki.clone(),
-                verify_certificate_hash: tls.verify_certificate_hash.clone(),
-                ..Default::default()
-            },
-        ))
-    } else {
-        None
+            .collect()
+    };
+    let validation = match (mutual, sds) {
+        (false, _) => None,
+        (true, Some(sds)) => {
+            let Some(ca) = &sds.ca else {
+                return Err(format!("tls mode {mode:?} needs a CA Secret"));
+            };
+            Some(ValidationContextType::CombinedValidationContext(
+                CombinedCertificateValidationContext {
+                    default_validation_context: Some(CertificateValidationContext {
+                        match_typed_subject_alt_names: sans(),
+                        verify_certificate_spki: tls.verify_certificate_spki.clone(),
+                        verify_certificate_hash: tls.verify_certificate_hash.clone(),
+                        ..Default::default()
+                    }),
+                    validation_context_sds_secret_config: Some(
+                        crate::credential::sds_secret_config(ca),
+                    ),
+                    ..Default::default()
+                },
+            ))
+        }
+        (true, None) => {
+            let Some(ca) = file(&tls.ca_certificates) else {
+                return Err(format!("tls mode {mode:?} needs caCertificates"));
+            };
+            Some(ValidationContextType::ValidationContext(
+                CertificateValidationContext {
+                    trusted_ca: Some(ca),
+                    crl: file(&tls.ca_crl),
+                    match_typed_subject_alt_names: sans(),
+                    verify_certificate_spki: tls.verify_certificate_spki.clone(),
+                    verify_certificate_hash: tls.verify_certificate_hash.clone(),
+                    ..Default::default()
+                },
+            ))
+        }
     };
     // At least TLS 1.2 unless asked otherwise (or capped lower).
     let max = tls
@@ -516,6 +566,14 @@ pub(super) fn downstream_tls(
                 ..Default::default()
             }),
             tls_certificates: certificates,
+            tls_certificate_sds_secret_configs: sds
+                .map(|sds| {
+                    sds.certificates
+                        .iter()
+                        .map(|name| crate::credential::sds_secret_config(name))
+                        .collect()
+                })
+                .unwrap_or_default(),
             alpn_protocols: alpn.iter().map(|s| s.to_string()).collect(),
             validation_context_type: validation,
             ..Default::default()

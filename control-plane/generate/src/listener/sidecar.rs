@@ -46,6 +46,15 @@ pub(super) fn listeners(mesh: &MeshSnapshot, proxy: &Proxy) -> Vec<Listener> {
     out
 }
 
+/// [`listeners`] in two: the proxy's own (inbound) and those of its class
+/// (outbound), each in their order within `listeners`.
+pub(super) fn split(mesh: &MeshSnapshot, proxy: &Proxy) -> (Vec<Listener>, Vec<Listener>) {
+    (
+        inbound_listeners(mesh, proxy, false),
+        outbound_listeners(mesh, proxy, false),
+    )
+}
+
 /// The listeners of the Sidecar `ingress` entries; with `captured` (the
 /// proxy has iptables capture) only those with `captureMode: NONE`.
 pub(super) fn inbound_listeners(

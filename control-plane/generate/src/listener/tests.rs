@@ -50,6 +50,7 @@ fn proxy(
         istio_version: None,
         service_cluster: String::new(),
         raw_metadata: BTreeMap::new(),
+        verified_identity: None,
     }
 }
 

@@ -2,8 +2,9 @@
 //! (tower-test): objects by (group, resource, namespace, name) with
 //! resourceVersions and generations, list and watch (held open and fed by
 //! every later change, as the real server does), create/update/merge-patch
-//! with 404/409 answers, served versions, TokenReview answers, and a record
-//! of every call for the RBAC check.
+//! with 404/409 answers, strategic merge patches (lists merged by `name`, as
+//! for webhooks and containers), served versions, TokenReview answers, and a
+//! record of every call for the RBAC check.
 #![allow(dead_code)]
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -147,7 +148,8 @@ struct State {
     unserved: BTreeSet<(String, String)>,
     watchers: BTreeMap<String, Watcher>,
     calls: Vec<Call>,
-    bodies: Vec<(Call, Value)>,
+    /// Each call's body, with its content type.
+    bodies: Vec<(Call, String, Value)>,
     token_answer: Option<TokenAnswer>,
 }
 
@@ -171,6 +173,48 @@ fn ok(code: StatusCode, value: &Value) -> Response<Body> {
     let mut r = Response::new(Body::from(serde_json::to_vec(value).unwrap()));
     *r.status_mut() = code;
     r
+}
+
+/// Content types of the patches the fake applies.
+pub const MERGE: &str = "application/merge-patch+json";
+pub const STRATEGIC_MERGE: &str = "application/strategic-merge-patch+json";
+
+/// A strategic merge patch as the API server applies it to the kinds the
+/// code patches: as RFC 7396, except that lists of objects with a `name`
+/// (webhooks, containers: `patchMergeKey: name`) are merged element by
+/// element, by name, instead of replaced.
+pub fn strategic_merge(target: &mut Value, patch: &Value) {
+    match (target, patch) {
+        (Value::Object(t), Value::Object(p)) => {
+            for (k, v) in p {
+                if v.is_null() {
+                    t.remove(k);
+                } else {
+                    strategic_merge(t.entry(k.clone()).or_insert(Value::Null), v);
+                }
+            }
+        }
+        (Value::Array(t), Value::Array(p))
+            if p.iter().chain(t.iter()).all(|e| e["name"].is_string()) =>
+        {
+            for element in p {
+                match t.iter_mut().find(|e| e["name"] == element["name"]) {
+                    Some(existing) => strategic_merge(existing, element),
+                    None => t.push(element.clone()),
+                }
+            }
+        }
+        (target, patch) => {
+            // Replaced, but an object patch into a non-object applies its
+            // fields onto an empty object.
+            if patch.is_object() {
+                *target = json!({});
+                strategic_merge(target, patch);
+            } else {
+                *target = patch.clone();
+            }
+        }
+    }
 }
 
 /// RFC 7396 merge patch.
@@ -273,7 +317,13 @@ impl State {
         }
     }
 
-    fn handle(&mut self, call: &Call, body: Option<Value>, send: SendResponse<Response<Body>>) {
+    fn handle(
+        &mut self,
+        call: &Call,
+        content_type: &str,
+        body: Option<Value>,
+        send: SendResponse<Response<Body>>,
+    ) {
         let Some(p) = parse_path(&call.path) else {
             return send.send_response(status(StatusCode::NOT_FOUND, "NotFound", "no such path"));
         };
@@ -434,8 +484,16 @@ impl State {
                         &mut current,
                         &json!({"status": patch.get("status").cloned().unwrap_or(Value::Null)}),
                     );
-                } else {
+                } else if content_type == STRATEGIC_MERGE {
+                    strategic_merge(&mut current, &patch);
+                } else if content_type == MERGE {
                     merge(&mut current, &patch);
+                } else {
+                    return send.send_response(status(
+                        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                        "UnsupportedMediaType",
+                        &format!("the fake does not apply {content_type} patches"),
+                    ));
                 }
                 let stored = self.store(key, current);
                 send.send_response(ok(StatusCode::OK, &stored));
@@ -497,6 +555,12 @@ impl FakeApi {
                 path: request.uri().path().to_string(),
                 query: request.uri().query().unwrap_or_default().to_string(),
             };
+            let content_type = request
+                .headers()
+                .get(http::header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_string();
             let bytes = request
                 .into_body()
                 .collect_bytes()
@@ -507,9 +571,11 @@ impl FakeApi {
             let mut state = self.state.lock().unwrap();
             state.calls.push(call.clone());
             if let Some(b) = &body {
-                state.bodies.push((call.clone(), b.clone()));
+                state
+                    .bodies
+                    .push((call.clone(), content_type.clone(), b.clone()));
             }
-            state.handle(&call, body, send);
+            state.handle(&call, &content_type, body, send);
         }
     }
 
@@ -591,8 +657,28 @@ impl FakeApi {
             .unwrap()
             .bodies
             .iter()
-            .filter(|(c, _)| c.method == method && c.path == path)
-            .map(|(_, b)| b.clone())
+            .filter(|(c, _, _)| c.method == method && c.path == path)
+            .map(|(_, _, b)| b.clone())
+            .collect()
+    }
+
+    /// The PATCHes of `path`: (content type, body), in order.
+    pub fn patches(&self, path: &str) -> Vec<(String, Value)> {
+        self.state
+            .lock()
+            .unwrap()
+            .bodies
+            .iter()
+            .filter(|(c, _, _)| c.method == "PATCH" && c.path == path)
+            .map(|(_, t, b)| (t.clone(), b.clone()))
+            .collect()
+    }
+
+    /// The calls that wrote (anything but GET), in order.
+    pub fn writes(&self) -> Vec<Call> {
+        self.calls()
+            .into_iter()
+            .filter(|c| c.method != "GET")
             .collect()
     }
 

@@ -72,6 +72,8 @@ pub(crate) struct Settings {
     /// Istio's PROXY_CONFIG: the mesh's values with the pod's
     /// `proxy.istio.io/config` on top.
     pub proxy_config: Map<String, Value>,
+    /// Send the app containers' probes through the agent.
+    pub rewrite_probes: bool,
 }
 
 impl Settings {
@@ -143,6 +145,16 @@ impl Settings {
         };
         let iptables_args = iptables_args(&annotations, config, mode)?;
         let resources = resources(&annotations, config)?;
+        let rewrite_probes = match annotations.get(annotation::REWRITE_APP_HTTP_PROBERS) {
+            Some(value) => go_bool(value).ok_or_else(|| {
+                annotation_error(
+                    annotation::REWRITE_APP_HTTP_PROBERS,
+                    value,
+                    "must be true or false",
+                )
+            })?,
+            None => config.rewrite_app_probers,
+        };
         Ok(Settings {
             image,
             mode,
@@ -151,7 +163,18 @@ impl Settings {
             resources,
             hold_application,
             proxy_config,
+            rewrite_probes,
         })
+    }
+}
+
+/// A boolean as Go's `strconv.ParseBool` reads it (Istio parses its
+/// boolean annotations so).
+fn go_bool(value: &str) -> Option<bool> {
+    match value {
+        "1" | "t" | "T" | "true" | "TRUE" | "True" => Some(true),
+        "0" | "f" | "F" | "false" | "FALSE" | "False" => Some(false),
+        _ => None,
     }
 }
 

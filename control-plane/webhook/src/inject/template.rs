@@ -5,6 +5,7 @@ use k8s_openapi::api::core::v1::{Container, Pod, Volume};
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
+use super::probes::{self, APP_PROBERS_ENV};
 use super::settings::Settings;
 use super::workload::{self, Workload};
 use super::{
@@ -66,7 +67,19 @@ pub(crate) fn apply(
         .map(|p| serde_json::to_value(p).expect("ports serialize"))
         .collect();
 
-    let proxy = proxy_container(config, settings, workload, &app_containers, &pod_ports);
+    let app_probers = if settings.rewrite_probes {
+        probes::rewrite(&mut spec.containers)?
+    } else {
+        None
+    };
+    let proxy = proxy_container(
+        config,
+        settings,
+        workload,
+        &app_containers,
+        &pod_ports,
+        app_probers.as_deref(),
+    );
     if settings.hold_application {
         // Kubelet starts containers in order and waits for a postStart hook
         // before starting the next one.
@@ -123,6 +136,7 @@ fn proxy_container(
     workload: &Workload,
     app_containers: &[String],
     pod_ports: &[Value],
+    app_probers: Option<&str>,
 ) -> Container {
     let field = |name: &str, path: &str| json!({"name": name, "valueFrom": {"fieldRef": {"fieldPath": path}}});
     let value = |name: &str, value: &str| json!({"name": name, "value": value});
@@ -155,6 +169,9 @@ fn proxy_container(
         env.push(value("ISTIO_META_OWNER", &owner));
     }
     env.push(value("ISTIO_META_MESH_ID", mesh_id));
+    if let Some(probers) = app_probers {
+        env.push(value(APP_PROBERS_ENV, probers));
+    }
 
     // TPROXY needs NET_ADMIN for IP_TRANSPARENT, so Envoy runs as root with
     // group 1337 (iptables matches the group too), as Istio does.
