@@ -45,6 +45,9 @@ bench: tools
 	$(RELEASE_BINS) $(CARGO) run --release --locked -q -p sextant-e2e --bin envoy-convergence -- --envoys 20 --rounds 10
 	$(TARGET_DIR)/release/sextant-bench run --sextant $(TARGET_DIR)/release/sextant \
 		--services $(BENCH_SERVICES) --proxies $(BENCH_PROXIES)
+	RCP=$$(./scripts/install-bench-tools.sh | tail -1) && \
+		$(TARGET_DIR)/release/sextant-bench run --sextant $(TARGET_DIR)/release/sextant \
+		--services 200 --proxies 400 --changes 0 --compare-rcp "$$RCP"
 
 # Every Istio sample must validate unchanged (exit 0).
 validate-samples:
