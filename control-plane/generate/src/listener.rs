@@ -118,7 +118,14 @@ pub fn shared_listeners(mesh: &MeshSnapshot, proxy: &Proxy) -> Option<(Vec<Liste
 /// shared candidate (then own and shared together are exactly
 /// [`listeners`]); `None` otherwise, or for a gateway.
 pub fn own_listeners(mesh: &MeshSnapshot, proxy: &Proxy, shared: &[Slot]) -> Option<Vec<Listener>> {
-    let (own, _) = split_candidates(mesh, proxy)?;
+    // Only the own half: the shared half is what the class built once.
+    let own = match (proxy.proxy_type, proxy.interception_mode) {
+        (ProxyType::Router, _) => return None,
+        (ProxyType::Sidecar, InterceptionMode::None) => sidecar::own(mesh, proxy),
+        (ProxyType::Sidecar, InterceptionMode::Redirect | InterceptionMode::Tproxy) => {
+            capture::own(mesh, proxy)
+        }
+    };
     let conflict = own
         .iter()
         .map(Slot::of)

@@ -62,12 +62,18 @@ pub(super) fn listeners(mesh: &MeshSnapshot, proxy: &Proxy) -> Vec<Listener> {
 /// those of its class (outbound), each in their order within `listeners`.
 pub(super) fn split(mesh: &MeshSnapshot, proxy: &Proxy) -> (Vec<Listener>, Vec<Listener>) {
     let fallback = fallback_cluster(mesh, proxy);
-    let mut own = inbound_listeners(mesh, proxy, true);
-    own.push(virtual_inbound(mesh, proxy));
+    let own = own(mesh, proxy);
     let mut shared = outbound_listeners(mesh, proxy, true);
     shared.push(virtual_outbound(fallback));
     shared.extend(port_listeners(mesh, proxy, fallback));
     (own, shared)
+}
+
+/// The own half of [`split`] alone.
+pub(super) fn own(mesh: &MeshSnapshot, proxy: &Proxy) -> Vec<Listener> {
+    let mut own = inbound_listeners(mesh, proxy, true);
+    own.push(virtual_inbound(mesh, proxy));
+    own
 }
 
 /// One listener per outbound port, not bound: the virtual outbound

@@ -49,10 +49,12 @@ pub(super) fn listeners(mesh: &MeshSnapshot, proxy: &Proxy) -> Vec<Listener> {
 /// [`listeners`] in two: the proxy's own (inbound) and those of its class
 /// (outbound), each in their order within `listeners`.
 pub(super) fn split(mesh: &MeshSnapshot, proxy: &Proxy) -> (Vec<Listener>, Vec<Listener>) {
-    (
-        inbound_listeners(mesh, proxy, false),
-        outbound_listeners(mesh, proxy, false),
-    )
+    (own(mesh, proxy), outbound_listeners(mesh, proxy, false))
+}
+
+/// The own half of [`split`] alone.
+pub(super) fn own(mesh: &MeshSnapshot, proxy: &Proxy) -> Vec<Listener> {
+    inbound_listeners(mesh, proxy, false)
 }
 
 /// The listeners of the Sidecar `ingress` entries; with `captured` (the
