@@ -109,7 +109,7 @@ pub fn listeners(mesh: &MeshSnapshot, proxy: &Proxy) -> Vec<Listener> {
 /// (before [`finish`] dropped any) for [`own_listeners`]. `None` for a
 /// gateway.
 pub fn shared_listeners(mesh: &MeshSnapshot, proxy: &Proxy) -> Option<(Vec<Listener>, Vec<Slot>)> {
-    let (_, shared) = split_candidates(mesh, proxy)?;
+    let shared = candidates(mesh, proxy, sidecar::shared, capture::shared)?;
     let slots = shared.iter().map(Slot::of).collect();
     Some((finish(shared, proxy), slots))
 }
@@ -119,13 +119,7 @@ pub fn shared_listeners(mesh: &MeshSnapshot, proxy: &Proxy) -> Option<(Vec<Liste
 /// [`listeners`]); `None` otherwise, or for a gateway.
 pub fn own_listeners(mesh: &MeshSnapshot, proxy: &Proxy, shared: &[Slot]) -> Option<Vec<Listener>> {
     // Only the own half: the shared half is what the class built once.
-    let own = match (proxy.proxy_type, proxy.interception_mode) {
-        (ProxyType::Router, _) => return None,
-        (ProxyType::Sidecar, InterceptionMode::None) => sidecar::own(mesh, proxy),
-        (ProxyType::Sidecar, InterceptionMode::Redirect | InterceptionMode::Tproxy) => {
-            capture::own(mesh, proxy)
-        }
-    };
+    let own = candidates(mesh, proxy, sidecar::own, capture::own)?;
     let conflict = own
         .iter()
         .map(Slot::of)
@@ -133,12 +127,19 @@ pub fn own_listeners(mesh: &MeshSnapshot, proxy: &Proxy, shared: &[Slot]) -> Opt
     (!conflict).then(|| finish(own, proxy))
 }
 
-fn split_candidates(mesh: &MeshSnapshot, proxy: &Proxy) -> Option<(Vec<Listener>, Vec<Listener>)> {
+/// One half of a sidecar's candidates, by interception mode (`None` for a
+/// gateway).
+fn candidates(
+    mesh: &MeshSnapshot,
+    proxy: &Proxy,
+    without_capture: fn(&MeshSnapshot, &Proxy) -> Vec<Listener>,
+    with_capture: fn(&MeshSnapshot, &Proxy) -> Vec<Listener>,
+) -> Option<Vec<Listener>> {
     match (proxy.proxy_type, proxy.interception_mode) {
         (ProxyType::Router, _) => None,
-        (ProxyType::Sidecar, InterceptionMode::None) => Some(sidecar::split(mesh, proxy)),
+        (ProxyType::Sidecar, InterceptionMode::None) => Some(without_capture(mesh, proxy)),
         (ProxyType::Sidecar, InterceptionMode::Redirect | InterceptionMode::Tproxy) => {
-            Some(capture::split(mesh, proxy))
+            Some(with_capture(mesh, proxy))
         }
     }
 }

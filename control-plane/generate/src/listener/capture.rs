@@ -58,22 +58,22 @@ pub(super) fn listeners(mesh: &MeshSnapshot, proxy: &Proxy) -> Vec<Listener> {
     out
 }
 
-/// [`listeners`] in two: the proxy's own (inbound, virtual inbound) and
-/// those of its class (outbound), each in their order within `listeners`.
-pub(super) fn split(mesh: &MeshSnapshot, proxy: &Proxy) -> (Vec<Listener>, Vec<Listener>) {
-    let fallback = fallback_cluster(mesh, proxy);
-    let own = own(mesh, proxy);
-    let mut shared = outbound_listeners(mesh, proxy, true);
-    shared.push(virtual_outbound(fallback));
-    shared.extend(port_listeners(mesh, proxy, fallback));
-    (own, shared)
-}
-
-/// The own half of [`split`] alone.
+/// The proxy's own part of [`listeners`] (inbound, virtual inbound), in
+/// its order there.
 pub(super) fn own(mesh: &MeshSnapshot, proxy: &Proxy) -> Vec<Listener> {
     let mut own = inbound_listeners(mesh, proxy, true);
     own.push(virtual_inbound(mesh, proxy));
     own
+}
+
+/// The part of [`listeners`] the proxy shares with its class (outbound,
+/// virtual outbound, per-port), in its order there.
+pub(super) fn shared(mesh: &MeshSnapshot, proxy: &Proxy) -> Vec<Listener> {
+    let fallback = fallback_cluster(mesh, proxy);
+    let mut shared = outbound_listeners(mesh, proxy, true);
+    shared.push(virtual_outbound(fallback));
+    shared.extend(port_listeners(mesh, proxy, fallback));
+    shared
 }
 
 /// One listener per outbound port, not bound: the virtual outbound

@@ -46,15 +46,14 @@ pub(super) fn listeners(mesh: &MeshSnapshot, proxy: &Proxy) -> Vec<Listener> {
     out
 }
 
-/// [`listeners`] in two: the proxy's own (inbound) and those of its class
-/// (outbound), each in their order within `listeners`.
-pub(super) fn split(mesh: &MeshSnapshot, proxy: &Proxy) -> (Vec<Listener>, Vec<Listener>) {
-    (own(mesh, proxy), outbound_listeners(mesh, proxy, false))
-}
-
-/// The own half of [`split`] alone.
+/// The proxy's own part of [`listeners`] (inbound), in its order there.
 pub(super) fn own(mesh: &MeshSnapshot, proxy: &Proxy) -> Vec<Listener> {
     inbound_listeners(mesh, proxy, false)
+}
+
+/// The part of [`listeners`] the proxy shares with its class (outbound).
+pub(super) fn shared(mesh: &MeshSnapshot, proxy: &Proxy) -> Vec<Listener> {
+    outbound_listeners(mesh, proxy, false)
 }
 
 /// The listeners of the Sidecar `ingress` entries; with `captured` (the
