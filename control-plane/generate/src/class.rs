@@ -203,7 +203,6 @@ mod tests {
     use sextant_xds::{Generator, ResourceRequest};
 
     use super::*;
-    use crate::IstioGenerator;
     use crate::cluster::tests::{mesh, sidecar};
 
     const MESH: &str = r#"
@@ -265,7 +264,9 @@ spec:
             type_url,
             names: None,
         };
-        IstioGenerator
+        // Through the generator the server runs, so that sharing is
+        // tested on the path that serves proxies.
+        crate::istio::Translation::Istio
             .generate_parts(mesh, proxy, &request)
             .unwrap()
     }

@@ -134,4 +134,21 @@ impl Generator<MeshSnapshot> for Translation {
             Translation::PassThrough => crate::PassThrough.generate(&mesh.config, proxy, request),
         }
     }
+
+    /// Forwarded, not left to the default: the default flattens the
+    /// answer into a part of the proxy's own, which would cost every
+    /// proxy a copy, a sort and a full comparison on every push.
+    fn generate_parts(
+        &self,
+        mesh: &MeshSnapshot,
+        proxy: &Proxy,
+        request: &ResourceRequest<'_>,
+    ) -> Result<Generated, BoxError> {
+        match self {
+            Translation::Istio => IstioGenerator.generate_parts(mesh, proxy, request),
+            Translation::PassThrough => {
+                crate::PassThrough.generate_parts(&mesh.config, proxy, request)
+            }
+        }
+    }
 }

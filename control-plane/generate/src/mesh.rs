@@ -7,7 +7,7 @@
 //! service by host, DestinationRule by host, VirtualServices by gateway,
 //! Sidecar and Gateways by proxy. Nothing here knows Envoy.
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use sextant_api::networking::service_entry::{Location, Resolution};
 use sextant_api::networking::{
@@ -156,6 +156,83 @@ pub struct MeshSnapshot {
     outbound_label_keys: BTreeSet<String>,
     /// Outbound resources shared by proxy class, built on demand.
     pub parts: PartCache,
+    /// AuthorizationPolicies by what they can select, built on first use.
+    policy_index: OnceLock<PolicyIndex>,
+}
+
+/// Positions (in `of_kind(AuthorizationPolicy)` order) of the policies that
+/// can apply to a workload, found from its namespace and labels: each
+/// sidecar's inbound filters must not test every policy of the mesh (at
+/// 1,000 services, 1,000 policies for each of 2,000 proxies on every push).
+#[derive(Debug, Default)]
+pub(crate) struct PolicyIndex {
+    /// namespace -> label key -> label value -> policies whose selector
+    /// has that label (any one of its labels is a necessary condition).
+    by_label: HashMap<String, HashMap<String, HashMap<String, Vec<usize>>>>,
+    /// namespace -> policies without a selector (or with no labels).
+    unselective: HashMap<String, Vec<usize>>,
+    /// Policies with target references, checked for every workload.
+    targeted: Vec<usize>,
+}
+
+impl PolicyIndex {
+    fn new(mesh: &MeshSnapshot) -> PolicyIndex {
+        let mut index = PolicyIndex::default();
+        for (i, object) in mesh.config.of_kind(Kind::AuthorizationPolicy).enumerate() {
+            let IstioObject::AuthorizationPolicy(ap) = object else {
+                continue;
+            };
+            let spec = &ap.spec;
+            let namespace = object.namespace().to_string();
+            if spec.target_ref.is_some() || !spec.target_refs.is_empty() {
+                index.targeted.push(i);
+                continue;
+            }
+            match spec
+                .selector
+                .as_ref()
+                .and_then(|s| s.match_labels.iter().next())
+            {
+                Some((key, value)) => index
+                    .by_label
+                    .entry(namespace)
+                    .or_default()
+                    .entry(key.clone())
+                    .or_default()
+                    .entry(value.clone())
+                    .or_default()
+                    .push(i),
+                None => index.unselective.entry(namespace).or_default().push(i),
+            }
+        }
+        index
+    }
+
+    /// Positions of the policies that may apply to a workload of
+    /// `namespace` with `labels`, sorted; a superset, to be checked.
+    pub(crate) fn candidates(
+        &self,
+        namespace: &str,
+        labels: &BTreeMap<String, String>,
+    ) -> Vec<usize> {
+        let mut out = self.targeted.clone();
+        for ns in [ROOT_NAMESPACE, namespace] {
+            out.extend(self.unselective.get(ns).into_iter().flatten());
+            if let Some(keys) = self.by_label.get(ns) {
+                for (key, value) in labels {
+                    if let Some(found) = keys.get(key).and_then(|values| values.get(value)) {
+                        out.extend(found);
+                    }
+                }
+            }
+            if namespace == ROOT_NAMESPACE {
+                break;
+            }
+        }
+        out.sort_unstable();
+        out.dedup();
+        out
+    }
 }
 
 /// WorkloadEntries by namespace and label, for ServiceEntry
@@ -305,6 +382,7 @@ impl MeshSnapshot {
             by_host: HashMap::new(),
             outbound_label_keys: BTreeSet::new(),
             parts: PartCache::default(),
+            policy_index: OnceLock::new(),
         };
         mesh.outbound_label_keys = crate::class::outbound_label_keys(&mesh);
         let workloads = WorkloadIndex::new(&mesh);
@@ -337,6 +415,11 @@ impl MeshSnapshot {
     /// Label keys outbound generation reads from proxies.
     pub fn outbound_label_keys(&self) -> &BTreeSet<String> {
         &self.outbound_label_keys
+    }
+
+    /// AuthorizationPolicies by what they can select.
+    pub(crate) fn policy_index(&self) -> &PolicyIndex {
+        self.policy_index.get_or_init(|| PolicyIndex::new(self))
     }
 
     typed_iter!(service_entries, ServiceEntry, ServiceEntry);
@@ -637,6 +720,59 @@ mod tests {
             store.apply("test", obj).unwrap();
         }
         MeshSnapshot::build(store.snapshot())
+    }
+
+    #[test]
+    fn policy_candidates_are_those_a_workload_can_be_selected_by() {
+        let mesh = mesh(
+            r#"
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: a-reviews, namespace: default}
+spec: {selector: {matchLabels: {app: reviews}}}
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: b-ratings, namespace: default}
+spec: {selector: {matchLabels: {app: ratings}}}
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: c-all, namespace: default}
+spec: {}
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: d-other-ns, namespace: other}
+spec: {selector: {matchLabels: {app: reviews}}}
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: e-mesh, namespace: istio-system}
+spec: {selector: {matchLabels: {version: v1}}}
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: f-target, namespace: other}
+spec: {targetRefs: [{kind: Service, group: "", name: reviews}]}
+"#,
+        );
+        let names: Vec<String> = mesh
+            .config
+            .of_kind(Kind::AuthorizationPolicy)
+            .map(|o| o.name().to_string())
+            .collect();
+        let labels: BTreeMap<String, String> = [("app", "reviews"), ("version", "v1")]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let found: Vec<&str> = mesh
+            .policy_index()
+            .candidates("default", &labels)
+            .into_iter()
+            .map(|i| names[i].as_str())
+            .collect();
+        assert_eq!(found, ["a-reviews", "c-all", "e-mesh", "f-target"]);
     }
 
     const REGISTRY: &str = r#"

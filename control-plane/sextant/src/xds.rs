@@ -46,6 +46,15 @@ pub struct XdsArgs {
     /// (PILOT_DEBOUNCE_MAX).
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub debounce_max: Duration,
+    /// Proxies pushed to at once (Istio's PILOT_PUSH_THROTTLE); a proxy
+    /// keeps its slot until it has answered (ACK/NACK) all it was sent, so
+    /// this bounds the configuration waiting in memory. 0: no bound.
+    #[arg(long, default_value_t = 64)]
+    pub push_concurrency: usize,
+    /// A proxy that has not answered a push for this long gives up its
+    /// slot to the next.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub push_timeout: Duration,
 }
 
 /// `250ms`, `2s`, `1m`, `24h`, `90d`, or a bare number of milliseconds.
@@ -97,6 +106,8 @@ impl Xds {
             trust_domains: ca
                 .as_ref()
                 .map(|ca| [ca.authority.trust_domain().to_string()].into()),
+            push_concurrency: args.push_concurrency,
+            push_timeout: args.push_timeout,
             ..ServerOptions::default()
         };
         let server = XdsServer::with_options(

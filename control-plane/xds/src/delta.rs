@@ -10,11 +10,9 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 
 use envoy_types::pb::envoy::service::discovery::v3::{
-    DeltaDiscoveryRequest, DeltaDiscoveryResponse, Resource as DeltaResource,
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse,
 };
-use prost::Message;
 use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::{Stream, StreamExt};
 use tonic::Status;
 use tracing::Instrument;
@@ -22,9 +20,12 @@ use tracing::Instrument;
 use crate::generated::Generated;
 use crate::identity::Peer;
 use crate::proxy::Proxy;
+use crate::resource::Resource;
 use crate::server::{Conn, Push, Service, Shared, Stop};
 use crate::subscription::{Subscription, WILDCARD};
+use crate::throttle;
 use crate::type_url;
+use crate::wire::Outgoing;
 
 /// Responses remembered per type for matching ACKs; older ones are
 /// forgotten (an ACK for them is then counted as expired).
@@ -54,20 +55,20 @@ pub(crate) fn spawn<S, R>(
     requests: R,
     service: Service,
     peer: Peer,
-) -> ReceiverStream<Result<DeltaDiscoveryResponse, Status>>
+) -> mpsc::Receiver<Result<Outgoing, Status>>
 where
     S: Send + Sync + 'static,
     R: Stream<Item = Result<DeltaDiscoveryRequest, Status>> + Unpin + Send + 'static,
 {
     let (tx, rx) = mpsc::channel(shared.options.send_queue.max(1));
     tokio::spawn(run(shared, requests, tx, service, peer));
-    ReceiverStream::new(rx)
+    rx
 }
 
 async fn run<S, R>(
     shared: Arc<Shared<S>>,
     mut requests: R,
-    tx: mpsc::Sender<Result<DeltaDiscoveryResponse, Status>>,
+    tx: mpsc::Sender<Result<Outgoing, Status>>,
     service: Service,
     peer: Peer,
 ) where
@@ -123,7 +124,7 @@ async fn run<S, R>(
 
 struct DeltaStream<S> {
     conn: Conn<S>,
-    tx: mpsc::Sender<Result<DeltaDiscoveryResponse, Status>>,
+    tx: mpsc::Sender<Result<Outgoing, Status>>,
     service: Service,
     types: BTreeMap<String, TypeState>,
 }
@@ -143,9 +144,14 @@ impl<S: Send + Sync + 'static> DeltaStream<S> {
             return stop;
         }
         loop {
+            let slot_deadline = self.conn.slot.deadline();
             let step = tokio::select! {
                 biased;
                 _ = shutdown.changed() => Err(Stop::Closed),
+                _ = throttle::until(slot_deadline) => {
+                    self.conn.slot.expire();
+                    Ok(())
+                }
                 changed = snapshots.changed() => match changed {
                     Ok(()) => {
                         let push = snapshots.borrow_and_update().clone();
@@ -208,6 +214,7 @@ impl<S: Send + Sync + 'static> DeltaStream<S> {
             }
         }
 
+        self.settle_slot();
         let state = self.types.get_mut(&type_url).expect("type state");
         let respond = if first {
             state.subscription = Subscription::delta_initial(&request.resource_names_subscribe);
@@ -264,6 +271,14 @@ impl<S: Send + Sync + 'static> DeltaStream<S> {
             self.respond(&type_url, first).await?;
         }
         Ok(())
+    }
+
+    /// Gives the push slot back once the proxy has answered every
+    /// response (see [`crate::throttle`]).
+    fn settle_slot(&mut self) {
+        if self.conn.slot.held() && self.types.values().all(|t| t.outstanding.is_empty()) {
+            self.conn.slot.release();
+        }
     }
 
     async fn on_push(&mut self, push: Arc<Push<S>>) -> Result<(), Stop> {
@@ -349,25 +364,20 @@ impl<S: Send + Sync + 'static> DeltaStream<S> {
         }
         // Named and missing: say so once, so the proxy need not wait for a
         // timeout.
-        for name in &subscription.names {
+        for name in subscription.names.iter() {
             if !generated.contains(name) && state.absent.insert(name.clone()) {
                 removed.push(name.clone());
             }
         }
-        let resources: Vec<DeltaResource> = changed
-            .iter()
-            .map(|r| DeltaResource {
-                name: r.name.clone(),
-                version: r.version.clone(),
-                resource: Some(r.body.clone()),
-                ..Default::default()
-            })
-            .collect();
-        state.sent = generated;
-        state.resend.clear();
-        if !force && resources.is_empty() && removed.is_empty() {
+        if !force && changed.is_empty() && removed.is_empty() {
+            state.sent = generated;
+            state.resend.clear();
             return Ok(false);
         }
+        self.conn.slot.take().await;
+        let resources: Vec<Resource> = changed.into_iter().cloned().collect();
+        state.sent = generated;
+        state.resend.clear();
         let nonce = self.conn.next_nonce();
         let version = self.conn.push.version.clone();
         state
@@ -376,20 +386,17 @@ impl<S: Send + Sync + 'static> DeltaStream<S> {
         while state.outstanding.len() > OUTSTANDING {
             state.outstanding.pop_front();
         }
-        let response = DeltaDiscoveryResponse {
+        let head = DeltaDiscoveryResponse {
             system_version_info: version.clone(),
-            resources,
             type_url: type_url.to_string(),
             removed_resources: removed,
             nonce: nonce.clone(),
             control_plane: self.conn.shared.control_plane(),
             ..Default::default()
         };
-        let (count, removals, bytes) = (
-            response.resources.len(),
-            response.removed_resources.len(),
-            response.encoded_len(),
-        );
+        let removals = head.removed_resources.len();
+        let response = Outgoing::delta(&head, resources);
+        let (count, bytes) = (response.resource_count(), response.encoded_len());
         if self.tx.send(Ok(response)).await.is_err() {
             self.conn.shared.metrics.push_error(type_url);
             return Err(Stop::Closed);

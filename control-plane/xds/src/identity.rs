@@ -22,8 +22,9 @@
 use std::fmt;
 use std::str::FromStr;
 
+use tonic::Status;
+use tonic::codegen::http;
 use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
-use tonic::{Request, Status};
 use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
 
 use crate::proxy::Proxy;
@@ -150,11 +151,11 @@ pub(crate) struct Refusal {
 /// (`TlsConnectInfo<TcpConnectInfo>`: [`crate::XdsServer::serve_tls`],
 /// [`crate::XdsServer::serve_with`], or any tonic server with `tls_config`
 /// over TCP). Its absence means plaintext, where there is nothing to check.
-pub(crate) fn authenticate<T>(
-    request: &Request<T>,
+pub(crate) fn authenticate(
+    extensions: &http::Extensions,
     options: &ServerOptions,
 ) -> Result<Peer, Refusal> {
-    let Some(tls) = request.extensions().get::<TlsConnectInfo<TcpConnectInfo>>() else {
+    let Some(tls) = extensions.get::<TlsConnectInfo<TcpConnectInfo>>() else {
         return Ok(Peer::Unverified);
     };
     let Some(leaf) = tls.peer_certs().and_then(|certs| certs.first().cloned()) else {

@@ -41,7 +41,9 @@ pub mod server;
 mod sotw;
 pub mod status;
 mod subscription;
+mod throttle;
 pub mod type_url;
+mod wire;
 
 pub use generated::{Generated, Part};
 pub use generator::{BoxError, Generator, ResourceRequest};

@@ -1,6 +1,7 @@
 //! The server: snapshots in, gRPC services out.
 use std::collections::BTreeSet;
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -8,9 +9,6 @@ use std::time::Duration;
 use envoy_types::pb::envoy::config::core::v3::ControlPlane;
 use envoy_types::pb::envoy::service::cluster::v3::cluster_discovery_service_server::{
     ClusterDiscoveryService, ClusterDiscoveryServiceServer,
-};
-use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::{
-    AggregatedDiscoveryService, AggregatedDiscoveryServiceServer,
 };
 use envoy_types::pb::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
@@ -28,12 +26,15 @@ use envoy_types::pb::envoy::service::secret::v3::secret_discovery_service_server
     SecretDiscoveryService, SecretDiscoveryServiceServer,
 };
 use tokio::net::TcpListener;
+use tokio::sync::mpsc;
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::{Stream, StreamExt};
+use tonic::codegen::http;
 use tonic::service::Routes;
 use tonic::transport::ServerTlsConfig;
-use tonic::transport::server::TcpIncoming;
+use tonic::transport::server::{TcpConnectInfo, TcpIncoming, TlsConnectInfo};
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::generated::Generated;
@@ -43,6 +44,8 @@ use crate::metrics::Metrics;
 use crate::proxy::Proxy;
 use crate::status::{ConnectionStatus, Nack, StatusHandle, StatusRegistry};
 use crate::subscription::Subscription;
+use crate::throttle::{PushSlot, PushSlots};
+use crate::wire::{AdsService, Outgoing};
 use crate::{delta, sotw, type_url};
 
 /// One snapshot as the server pushes it.
@@ -97,6 +100,11 @@ pub struct ServerOptions {
     /// certificates, e.g. `{"cluster.local"}`; `None` accepts any (the
     /// certificate chain is already verified against the mesh's roots).
     pub trust_domains: Option<BTreeSet<String>>,
+    /// Proxies being pushed to at once (see [`crate::throttle`]); 0 for no
+    /// bound. A stream holds its slot until the proxy has answered all it
+    /// was sent, or for `push_timeout`.
+    pub push_concurrency: usize,
+    pub push_timeout: Duration,
 }
 
 impl Default for ServerOptions {
@@ -109,6 +117,10 @@ impl Default for ServerOptions {
             identifier: "sextant".to_string(),
             require_client_identity: true,
             trust_domains: None,
+            // Istio's PILOT_PUSH_THROTTLE is 100; with ACK gating fewer
+            // keep two cores just as busy and hold less in memory.
+            push_concurrency: 64,
+            push_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -120,6 +132,7 @@ pub(crate) struct Shared<S> {
     pub(crate) status: Arc<StatusRegistry>,
     pub(crate) metrics: Metrics,
     pub(crate) options: ServerOptions,
+    pub(crate) push_slots: PushSlots,
     next_id: AtomicU64,
 }
 
@@ -165,8 +178,18 @@ impl<S: Send + Sync + 'static> Shared<S> {
         request: &Request<T>,
         service: Service,
     ) -> Result<Peer, Status> {
-        identity::authenticate(request, &self.options).map_err(|refusal| {
-            let peer = request.remote_addr().map(|a| a.to_string());
+        self.authenticate_parts(request.extensions(), service)
+    }
+
+    /// [`Shared::authenticate`] from the extensions of an HTTP request
+    /// (where tonic's transport puts the connection's details).
+    pub(crate) fn authenticate_parts(
+        &self,
+        extensions: &http::Extensions,
+        service: Service,
+    ) -> Result<Peer, Status> {
+        identity::authenticate(extensions, &self.options).map_err(|refusal| {
+            let peer = remote_addr(extensions).map(|a| a.to_string());
             self.refused(refusal, peer.as_deref(), service, None)
         })
     }
@@ -241,6 +264,7 @@ impl<S: Send + Sync + 'static> XdsServer<S> {
                 shutdown,
                 status: Arc::default(),
                 metrics: Metrics::default(),
+                push_slots: PushSlots::new(options.push_concurrency, options.push_timeout),
                 options,
                 next_id: AtomicU64::new(1),
             }),
@@ -273,7 +297,7 @@ impl<S: Send + Sync + 'static> XdsServer<S> {
     /// services, to add to a tonic server.
     pub fn routes(&self) -> Routes {
         let s = &self.shared;
-        Routes::new(AggregatedDiscoveryServiceServer::new(Ads(s.clone())))
+        Routes::new(AdsService(s.clone()))
             .add_service(ClusterDiscoveryServiceServer::new(Cds(s.clone())))
             .add_service(EndpointDiscoveryServiceServer::new(Eds(s.clone())))
             .add_service(ListenerDiscoveryServiceServer::new(Lds(s.clone())))
@@ -408,6 +432,9 @@ pub(crate) struct Conn<S> {
     nonces: u64,
     /// Types whose latest answer is a NACK (for the reject gauges).
     nacking: BTreeSet<String>,
+    /// The stream's push slot: taken before a response is sent, given back
+    /// once the proxy has answered all of them.
+    pub slot: PushSlot,
 }
 
 impl<S: Send + Sync + 'static> Conn<S> {
@@ -425,6 +452,7 @@ impl<S: Send + Sync + 'static> Conn<S> {
             .register(id, &proxy, protocol, service.name, identity);
         shared.metrics.connected.inc();
         let push = shared.snapshots.borrow().clone();
+        let slot = shared.push_slots.stream();
         (
             Conn {
                 shared,
@@ -433,6 +461,7 @@ impl<S: Send + Sync + 'static> Conn<S> {
                 push,
                 nonces: 0,
                 nacking: BTreeSet::new(),
+                slot,
             },
             id,
         )
@@ -553,6 +582,18 @@ impl<S> Drop for Conn<S> {
     }
 }
 
+/// The peer's address, as tonic's `Request::remote_addr` finds it.
+fn remote_addr(extensions: &http::Extensions) -> Option<std::net::SocketAddr> {
+    extensions
+        .get::<TcpConnectInfo>()
+        .and_then(|i| i.remote_addr())
+        .or_else(|| {
+            extensions
+                .get::<TlsConnectInfo<TcpConnectInfo>>()
+                .and_then(|i| i.get_ref().remote_addr())
+        })
+}
+
 /// The single-type answer of the standalone services' unary `Fetch*`.
 fn fetch<S: Send + Sync + 'static>(
     shared: &Shared<S>,
@@ -584,41 +625,17 @@ fn fetch<S: Send + Sync + 'static>(
     })
 }
 
-type SotwStream = ReceiverStream<Result<DiscoveryResponse, Status>>;
-type DeltaStream = ReceiverStream<Result<DeltaDiscoveryResponse, Status>>;
+/// The standalone services' streams: tonic's generated code wants whole
+/// messages (ADS, which Envoy uses, is served by [`crate::wire`]).
+type SotwStream = Pin<Box<dyn Stream<Item = Result<DiscoveryResponse, Status>> + Send>>;
+type DeltaStream = Pin<Box<dyn Stream<Item = Result<DeltaDiscoveryResponse, Status>> + Send>>;
 
-struct Ads<S>(Arc<Shared<S>>);
+fn sotw_messages(rx: mpsc::Receiver<Result<Outgoing, Status>>) -> SotwStream {
+    Box::pin(ReceiverStream::new(rx).map(|r| r.map(Outgoing::into_sotw)))
+}
 
-#[tonic::async_trait]
-impl<S: Send + Sync + 'static> AggregatedDiscoveryService for Ads<S> {
-    type StreamAggregatedResourcesStream = SotwStream;
-    type DeltaAggregatedResourcesStream = DeltaStream;
-
-    async fn stream_aggregated_resources(
-        &self,
-        request: Request<Streaming<DiscoveryRequest>>,
-    ) -> Result<Response<SotwStream>, Status> {
-        let peer = self.0.authenticate(&request, Service::ADS)?;
-        Ok(Response::new(sotw::spawn(
-            self.0.clone(),
-            request.into_inner(),
-            Service::ADS,
-            peer,
-        )))
-    }
-
-    async fn delta_aggregated_resources(
-        &self,
-        request: Request<Streaming<DeltaDiscoveryRequest>>,
-    ) -> Result<Response<DeltaStream>, Status> {
-        let peer = self.0.authenticate(&request, Service::ADS)?;
-        Ok(Response::new(delta::spawn(
-            self.0.clone(),
-            request.into_inner(),
-            Service::ADS,
-            peer,
-        )))
-    }
+fn delta_messages(rx: mpsc::Receiver<Result<Outgoing, Status>>) -> DeltaStream {
+    Box::pin(ReceiverStream::new(rx).map(|r| r.map(Outgoing::into_delta)))
 }
 
 /// The standalone services: the same streams, restricted to one type.
@@ -643,12 +660,12 @@ macro_rules! standalone {
                 request: Request<Streaming<DiscoveryRequest>>,
             ) -> Result<Response<SotwStream>, Status> {
                 let peer = self.0.authenticate(&request, Self::SERVICE)?;
-                Ok(Response::new(sotw::spawn(
+                Ok(Response::new(sotw_messages(sotw::spawn(
                     self.0.clone(),
                     request.into_inner(),
                     Self::SERVICE,
                     peer,
-                )))
+                ))))
             }
 
             async fn $delta(
@@ -656,12 +673,12 @@ macro_rules! standalone {
                 request: Request<Streaming<DeltaDiscoveryRequest>>,
             ) -> Result<Response<DeltaStream>, Status> {
                 let peer = self.0.authenticate(&request, Self::SERVICE)?;
-                Ok(Response::new(delta::spawn(
+                Ok(Response::new(delta_messages(delta::spawn(
                     self.0.clone(),
                     request.into_inner(),
                     Self::SERVICE,
                     peer,
-                )))
+                ))))
             }
 
             async fn $fetch(

@@ -10,9 +10,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 
 use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
-use prost::Message;
 use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::{Stream, StreamExt};
 use tonic::Status;
 use tracing::Instrument;
@@ -23,7 +21,9 @@ use crate::proxy::Proxy;
 use crate::resource::Resource;
 use crate::server::{Conn, Push, Service, Shared, Stop};
 use crate::subscription::Subscription;
+use crate::throttle;
 use crate::type_url;
+use crate::wire::Outgoing;
 
 /// One type on one stream.
 #[derive(Default)]
@@ -51,20 +51,20 @@ pub(crate) fn spawn<S, R>(
     requests: R,
     service: Service,
     peer: Peer,
-) -> ReceiverStream<Result<DiscoveryResponse, Status>>
+) -> mpsc::Receiver<Result<Outgoing, Status>>
 where
     S: Send + Sync + 'static,
     R: Stream<Item = Result<DiscoveryRequest, Status>> + Unpin + Send + 'static,
 {
     let (tx, rx) = mpsc::channel(shared.options.send_queue.max(1));
     tokio::spawn(run(shared, requests, tx, service, peer));
-    ReceiverStream::new(rx)
+    rx
 }
 
 async fn run<S, R>(
     shared: Arc<Shared<S>>,
     mut requests: R,
-    tx: mpsc::Sender<Result<DiscoveryResponse, Status>>,
+    tx: mpsc::Sender<Result<Outgoing, Status>>,
     service: Service,
     peer: Peer,
 ) where
@@ -120,7 +120,7 @@ async fn run<S, R>(
 
 struct SotwStream<S> {
     conn: Conn<S>,
-    tx: mpsc::Sender<Result<DiscoveryResponse, Status>>,
+    tx: mpsc::Sender<Result<Outgoing, Status>>,
     service: Service,
     types: BTreeMap<String, TypeState>,
 }
@@ -140,9 +140,14 @@ impl<S: Send + Sync + 'static> SotwStream<S> {
             return stop;
         }
         loop {
+            let slot_deadline = self.conn.slot.deadline();
             let step = tokio::select! {
                 biased;
                 _ = shutdown.changed() => Err(Stop::Closed),
+                _ = throttle::until(slot_deadline) => {
+                    self.conn.slot.expire();
+                    Ok(())
+                }
                 changed = snapshots.changed() => match changed {
                     Ok(()) => {
                         let push = snapshots.borrow_and_update().clone();
@@ -213,6 +218,8 @@ impl<S: Send + Sync + 'static> SotwStream<S> {
                 None => self.conn.acked(&type_url, &sent_version, &nonce),
             }
         }
+        self.settle_slot();
+        let state = self.types.get_mut(&type_url).expect("answered type");
         // ...but only a request on the latest one counts for the
         // subscription: an older one is superseded by a response Envoy has
         // yet to answer.
@@ -244,6 +251,14 @@ impl<S: Send + Sync + 'static> SotwStream<S> {
             .update_type(&type_url, |t| t.subscription = subscription);
         tracing::debug!(r#type = type_url::short_name(&type_url), names = ?request.resource_names, "resubscribed");
         self.respond(&type_url, false).await.map(drop)
+    }
+
+    /// Gives the push slot back once the proxy has answered every
+    /// response (see [`crate::throttle`]).
+    fn settle_slot(&mut self) {
+        if self.conn.slot.held() && self.types.values().all(|t| t.outstanding.is_empty()) {
+            self.conn.slot.release();
+        }
     }
 
     /// A new snapshot: every subscribed type, in warming-safe order, sends
@@ -304,15 +319,16 @@ impl<S: Send + Sync + 'static> SotwStream<S> {
             state.added.clear();
             return Ok(false);
         }
+        self.conn.slot.take().await;
         let resources: Vec<_> = if full_state {
             generated
                 .sorted()
                 .into_iter()
                 .filter(|r| subscription.matches(&r.name))
-                .map(|r| r.body.clone())
+                .cloned()
                 .collect()
         } else {
-            changed.iter().map(|r| r.body.clone()).collect()
+            changed.into_iter().cloned().collect()
         };
         state.sent = generated;
         state.added.clear();
@@ -325,15 +341,15 @@ impl<S: Send + Sync + 'static> SotwStream<S> {
         while state.outstanding.len() > OUTSTANDING {
             state.outstanding.pop_front();
         }
-        let response = DiscoveryResponse {
+        let head = DiscoveryResponse {
             version_info: version.clone(),
-            resources,
             type_url: type_url.to_string(),
             nonce: nonce.clone(),
             control_plane: self.conn.shared.control_plane(),
             ..Default::default()
         };
-        let (count, bytes) = (response.resources.len(), response.encoded_len());
+        let response = Outgoing::sotw(&head, resources);
+        let (count, bytes) = (response.resource_count(), response.encoded_len());
         if self.tx.send(Ok(response)).await.is_err() {
             self.conn.shared.metrics.push_error(type_url);
             return Err(Stop::Closed);

@@ -1,6 +1,8 @@
 //! What a stream subscribed to, for one type, under the xDS rules for
 //! wildcard and named subscriptions.
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
+use std::hash::{Hash, Hasher};
+use std::sync::{Arc, LazyLock, Mutex, Weak};
 
 use serde::Serialize;
 
@@ -16,7 +18,88 @@ pub struct Subscription {
     #[serde(skip)]
     pub legacy: bool,
     /// Explicitly named resources.
-    pub names: BTreeSet<String>,
+    pub names: Names,
+}
+
+/// A set of resource names, shared: every sidecar of a mesh names the same
+/// few thousand EDS clusters, and a SotW request repeats them all. Equal
+/// sets are kept once for the whole process (see [`Names::interned`]), so
+/// 2,000 streams and their status entries hold one copy, not 4,000.
+#[derive(Clone, Debug, Default, Eq)]
+pub struct Names(Arc<BTreeSet<String>>);
+
+impl PartialEq for Names {
+    fn eq(&self, other: &Names) -> bool {
+        Arc::ptr_eq(&self.0, &other.0) || self.0 == other.0
+    }
+}
+
+impl std::ops::Deref for Names {
+    type Target = BTreeSet<String>;
+
+    fn deref(&self) -> &BTreeSet<String> {
+        &self.0
+    }
+}
+
+impl Serialize for Names {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.0.serialize(serializer)
+    }
+}
+
+/// Live name sets by content hash; dead entries are swept as the table
+/// grows.
+static INTERNED: LazyLock<Mutex<Interned>> = LazyLock::new(Mutex::default);
+
+/// Content hash -> the live sets of that hash.
+type Interned = HashMap<u64, Vec<Weak<BTreeSet<String>>>>;
+
+impl Names {
+    /// The process's copy of a set equal to `names` (this one if none).
+    pub(crate) fn interned(names: BTreeSet<String>) -> Names {
+        if names.is_empty() {
+            return Names::default();
+        }
+        let hash = {
+            let mut hasher = std::hash::DefaultHasher::new();
+            names.hash(&mut hasher);
+            hasher.finish()
+        };
+        let mut table = INTERNED.lock().unwrap_or_else(|e| e.into_inner());
+        let bucket = table.entry(hash).or_default();
+        bucket.retain(|w| w.strong_count() > 0);
+        if let Some(found) = bucket
+            .iter()
+            .filter_map(Weak::upgrade)
+            .find(|set| **set == names)
+        {
+            return Names(found);
+        }
+        let set = Arc::new(names);
+        bucket.push(Arc::downgrade(&set));
+        if table.len() > 64 && table.len().is_power_of_two() {
+            table.retain(|_, bucket| {
+                bucket.retain(|w| w.strong_count() > 0);
+                !bucket.is_empty()
+            });
+        }
+        Names(set)
+    }
+
+    /// Edits a copy of the set, then shares the result.
+    fn edit(&mut self, change: impl FnOnce(&mut BTreeSet<String>)) {
+        let mut names = BTreeSet::clone(&self.0);
+        change(&mut names);
+        *self = Names::interned(names);
+    }
+
+    /// Whether the set is exactly `names` (the WILDCARD left out), without
+    /// building one: the usual SotW request repeats the last list.
+    fn same_as(&self, names: &[String]) -> bool {
+        let named = names.iter().filter(|n| *n != WILDCARD);
+        named.clone().count() == self.len() && named.into_iter().all(|n| self.contains(n))
+    }
 }
 
 impl Subscription {
@@ -28,13 +111,21 @@ impl Subscription {
             return Subscription {
                 wildcard: legacy,
                 legacy,
-                names: BTreeSet::new(),
+                names: Names::default(),
             };
         }
+        let wildcard = names.iter().any(|n| n == WILDCARD);
+        if let Some(previous) = previous
+            && !previous.legacy
+            && previous.wildcard == wildcard
+            && previous.names.same_as(names)
+        {
+            return previous.clone();
+        }
         Subscription {
-            wildcard: names.iter().any(|n| n == WILDCARD),
+            wildcard,
             legacy: false,
-            names: names.iter().filter(|n| *n != WILDCARD).cloned().collect(),
+            names: Names::interned(names.iter().filter(|n| *n != WILDCARD).cloned().collect()),
         }
     }
 
@@ -44,17 +135,19 @@ impl Subscription {
             return Subscription {
                 wildcard: true,
                 legacy: true,
-                names: BTreeSet::new(),
+                names: Names::default(),
             };
         }
         Subscription {
             wildcard: subscribe.iter().any(|n| n == WILDCARD),
             legacy: false,
-            names: subscribe
-                .iter()
-                .filter(|n| *n != WILDCARD)
-                .cloned()
-                .collect(),
+            names: Names::interned(
+                subscribe
+                    .iter()
+                    .filter(|n| *n != WILDCARD)
+                    .cloned()
+                    .collect(),
+            ),
         }
     }
 
@@ -62,12 +155,13 @@ impl Subscription {
     /// (names or wildcard), which calls for a response.
     pub(crate) fn delta_update(&mut self, subscribe: &[String], unsubscribe: &[String]) -> bool {
         let mut added = false;
+        let mut names_changed = false;
         for name in unsubscribe {
             if name == WILDCARD {
                 self.wildcard = false;
                 self.legacy = false;
             } else {
-                self.names.remove(name);
+                names_changed |= self.names.contains(name);
             }
         }
         for name in subscribe {
@@ -75,9 +169,19 @@ impl Subscription {
                 added |= !self.wildcard;
                 self.wildcard = true;
             } else {
-                self.names.insert(name.clone());
+                names_changed |= !self.names.contains(name);
                 added = true;
             }
+        }
+        if names_changed {
+            self.names.edit(|names| {
+                for name in unsubscribe {
+                    names.remove(name);
+                }
+                for name in subscribe.iter().filter(|n| *n != WILDCARD) {
+                    names.insert(name.clone());
+                }
+            });
         }
         added
     }
@@ -88,7 +192,7 @@ impl Subscription {
 
     /// The generator's hint: `None` for wildcard.
     pub(crate) fn hint(&self) -> Option<&BTreeSet<String>> {
-        (!self.wildcard).then_some(&self.names)
+        (!self.wildcard).then_some(&*self.names)
     }
 }
 
@@ -115,6 +219,28 @@ mod tests {
         );
         let explicit = Subscription::sotw(Some(&emptied), &names(&["*", "a"]));
         assert!(explicit.wildcard && explicit.names.contains("a"));
+    }
+
+    #[test]
+    fn equal_name_sets_are_one_copy_and_an_unchanged_request_builds_nothing() {
+        let list = names(&["outbound|80||a", "outbound|80||b"]);
+        let a = Subscription::sotw(None, &list);
+        let b = Subscription::sotw(None, &names(&["outbound|80||b", "outbound|80||a"]));
+        assert!(Arc::ptr_eq(&a.names.0, &b.names.0), "one copy for both");
+        let again = Subscription::sotw(Some(&a), &list);
+        assert!(Arc::ptr_eq(&a.names.0, &again.names.0));
+        let other = Subscription::sotw(Some(&a), &names(&["outbound|80||a"]));
+        assert!(!other.matches("outbound|80||b") && other.matches("outbound|80||a"));
+        assert!(a.matches("outbound|80||b"), "the shared set is not edited");
+        // Delta edits make a new set, leaving others sharing the old one.
+        let mut d = Subscription::delta_initial(&list);
+        assert!(Arc::ptr_eq(&a.names.0, &d.names.0));
+        d.delta_update(&names(&["outbound|80||c"]), &names(&["outbound|80||a"]));
+        assert!(d.matches("outbound|80||c") && !d.matches("outbound|80||a"));
+        assert!(a.matches("outbound|80||a") && !a.matches("outbound|80||c"));
+        drop((a, b, again));
+        let fresh = Subscription::sotw(None, &list);
+        assert!(fresh.matches("outbound|80||a"), "a dead entry is rebuilt");
     }
 
     #[test]

@@ -4,7 +4,7 @@
 mod support;
 
 use std::collections::BTreeMap;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use sextant_xds::metrics::Metrics;
 use sextant_xds::pb::envoy::service::cluster::v3::cluster_discovery_service_client::ClusterDiscoveryServiceClient;
@@ -732,4 +732,75 @@ async fn disconnect_all_ends_streams_and_proxies_can_come_back() {
     let mut client = SotwClient::connect(channel, node("a", "ns")).await;
     client.subscribe(CLUSTER, &[]).await;
     assert_eq!(contents(&client.recv().await).len(), 2);
+}
+
+/// The push throttle: with one slot, a second proxy is served only once
+/// the first has answered what it was sent; a proxy that never answers
+/// gives its slot up after the push timeout. SotW and Delta share it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_push_slot_serves_proxies_in_turn_and_a_silent_proxy_times_out() {
+    let options = ServerOptions {
+        push_concurrency: 1,
+        push_timeout: Duration::from_secs(2),
+        ..ServerOptions::default()
+    };
+    let server = TestServer::start_with(world(), options).await;
+    let mut a = SotwClient::connect(server.channel().await, node("a", "ns")).await;
+    a.subscribe(CLUSTER, &[]).await;
+    let a_cds = a.recv().await;
+
+    let mut b = DeltaClient::connect(server.channel().await, node("b", "ns")).await;
+    b.subscribe(CLUSTER, &[], &[]).await;
+    b.expect_silence().await;
+    a.ack(&a_cds, &[]).await;
+    let b_cds = b.recv().await;
+    assert_eq!(b_cds.resources.len(), 2);
+
+    // b never answers: c waits for b's slot to time out, not forever.
+    let mut c = SotwClient::connect(server.channel().await, node("c", "ns")).await;
+    let asked = Instant::now();
+    c.subscribe(CLUSTER, &[]).await;
+    c.expect_silence().await;
+    let c_cds = tokio::time::timeout(Duration::from_secs(10), c.recv())
+        .await
+        .expect("the silent proxy's slot expired");
+    assert_eq!(contents(&c_cds).len(), 2);
+    assert!(
+        asked.elapsed() >= Duration::from_millis(1500),
+        "c was served before b's slot timed out: {:?}",
+        asked.elapsed()
+    );
+    c.ack(&c_cds, &[]).await;
+
+    // A push reaches everyone, one after another as they answer.
+    let mut w = world();
+    w.set(CLUSTER, "c1", "turns");
+    server.set(w);
+    let turn = |r: &sextant_xds::pb::envoy::service::discovery::v3::DiscoveryResponse| {
+        contents(r)["c1"].clone()
+    };
+    let (pushed_a, pushed_b, pushed_c) = tokio::time::timeout(Duration::from_secs(20), async {
+        tokio::join!(
+            async {
+                let r = a.recv().await;
+                a.ack(&r, &[]).await;
+                turn(&r)
+            },
+            async {
+                let r = b.recv().await;
+                b.ack(&r).await;
+                delta_contents(&r)
+            },
+            async {
+                let r = c.recv().await;
+                c.ack(&r, &[]).await;
+                turn(&r)
+            },
+        )
+    })
+    .await
+    .expect("every proxy got the push in turn");
+    assert_eq!(pushed_a, "turns");
+    assert_eq!(pushed_c, "turns");
+    assert_eq!(pushed_b, map(&[("c1", "turns")]));
 }

@@ -24,8 +24,11 @@ pub const DRY_RUN_ANNOTATION: &str = "istio.io/dry-run";
 
 /// The AuthorizationPolicies that apply to the workload, in key order.
 pub fn policies(mesh: &MeshSnapshot, workload: &Workload<'_>) -> Vec<Policy> {
-    mesh.config
-        .of_kind(Kind::AuthorizationPolicy)
+    let all: Vec<&IstioObject> = mesh.config.of_kind(Kind::AuthorizationPolicy).collect();
+    mesh.policy_index()
+        .candidates(&workload.namespace, &workload.labels)
+        .into_iter()
+        .filter_map(|i| all.get(i).copied())
         .filter_map(|o| match o {
             IstioObject::AuthorizationPolicy(ap) => Some((o.namespace(), o.name(), ap.as_ref())),
             _ => None,
