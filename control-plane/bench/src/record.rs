@@ -6,6 +6,7 @@
 //! Clients only append; the run reads the log by position, so that a change
 //! is judged on the events that came after it.
 use std::collections::HashMap;
+use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::Instant;
@@ -91,37 +92,70 @@ impl Event {
     }
 }
 
-/// Resource names as small integers: thousands of clients hold the same
-/// names, once here instead of once per client.
+/// Resource names as 64-bit keys (a hash of the name: clients key what they
+/// hold by it without a lock or an allocation). Only the names a client
+/// subscribes to are registered, so that requests can spell them: once
+/// here instead of once per client. (Two of a mesh's ~10^4 names sharing
+/// a 64-bit key has odds of about 10^-11; the content hashes take the same
+/// chance.)
 #[derive(Default)]
 pub struct Interner {
-    inner: RwLock<Names>,
-}
-
-#[derive(Default)]
-struct Names {
-    ids: HashMap<Arc<str>, u32>,
-    names: Vec<Arc<str>>,
+    names: RwLock<HashMap<u64, Arc<str>, foldhash::fast::FixedState>>,
 }
 
 impl Interner {
-    pub fn id(&self, name: &str) -> u32 {
-        if let Some(id) = self.inner.read().expect("interner").ids.get(name) {
-            return *id;
-        }
-        let mut names = self.inner.write().expect("interner");
-        if let Some(id) = names.ids.get(name) {
-            return *id;
-        }
-        let id = names.names.len() as u32;
-        let name: Arc<str> = name.into();
-        names.names.push(name.clone());
-        names.ids.insert(name, id);
-        id
+    /// The key of a name; does not register it.
+    pub fn key(name: &str) -> u64 {
+        foldhash::quality::FixedState::with_seed(0x6e61_6d65).hash_one(name.as_bytes())
     }
 
-    pub fn name(&self, id: u32) -> Arc<str> {
-        self.inner.read().expect("interner").names[id as usize].clone()
+    /// The key of a name, registered so that [`Interner::name`] finds it.
+    pub fn id(&self, name: &str) -> u64 {
+        let key = Interner::key(name);
+        self.register(key, name);
+        key
+    }
+
+    /// Registers `name` under `key` (its [`Interner::key`]).
+    pub fn register(&self, key: u64, name: &str) {
+        self.register_all(&[(key, name)]);
+    }
+
+    /// Registers names (with their keys), under one read lock if all are
+    /// known already.
+    pub fn register_all(&self, names: &[(u64, &str)]) {
+        let missing: Vec<(u64, &str)> = {
+            let known = self.names.read().expect("interner");
+            names
+                .iter()
+                .filter(|(key, _)| !known.contains_key(key))
+                .copied()
+                .collect()
+        };
+        if missing.is_empty() {
+            return;
+        }
+        let mut known = self.names.write().expect("interner");
+        for (key, name) in missing {
+            debug_assert_eq!(key, Interner::key(name));
+            known.entry(key).or_insert_with(|| name.into());
+        }
+    }
+
+    /// The shared names of registered keys, under one lock.
+    pub fn shared<'a>(&self, keys: impl IntoIterator<Item = &'a u64>) -> Vec<Arc<str>> {
+        let names = self.names.read().expect("interner");
+        keys.into_iter().map(|key| names[key].clone()).collect()
+    }
+
+    pub fn name(&self, key: u64) -> Arc<str> {
+        self.names.read().expect("interner")[&key].clone()
+    }
+
+    /// The names of registered keys, under one lock.
+    pub fn names<'a>(&self, keys: impl IntoIterator<Item = &'a u64>) -> Vec<String> {
+        let names = self.names.read().expect("interner");
+        keys.into_iter().map(|key| names[key].to_string()).collect()
     }
 }
 

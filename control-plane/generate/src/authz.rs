@@ -36,7 +36,6 @@
 //! labels overridden by the proxy's own; its service account is the
 //! proxy's, else its endpoint's.
 use std::collections::BTreeMap;
-use std::net::IpAddr;
 
 use sextant_api::common::{PolicyTargetReference, WorkloadSelector};
 use sextant_xds::Proxy;
@@ -132,21 +131,7 @@ pub(crate) struct Workload<'a> {
 
 impl<'a> Workload<'a> {
     pub fn new(mesh: &'a MeshSnapshot, proxy: &Proxy, port: u32) -> Workload<'a> {
-        let is_local = |address: &str| {
-            address
-                .parse::<IpAddr>()
-                .is_ok_and(|ip| proxy.ip_addresses.contains(&ip))
-        };
-        let local: Vec<(&MeshService, &crate::mesh::Endpoint)> = mesh
-            .services
-            .iter()
-            .filter_map(|s| {
-                s.endpoints
-                    .iter()
-                    .find(|e| is_local(&e.address))
-                    .map(|e| (s, e))
-            })
-            .collect();
+        let local: Vec<(&MeshService, &crate::mesh::Endpoint)> = mesh.local_services(proxy);
         let on_port: Vec<&MeshService> = local
             .iter()
             .filter(|(s, e)| {

@@ -558,16 +558,8 @@ struct LocalPort<'a> {
 /// The ports of the services the proxy's workload is an endpoint of, in
 /// registry order.
 fn local_service_ports<'a>(mesh: &'a MeshSnapshot, proxy: &Proxy) -> Vec<LocalPort<'a>> {
-    let is_local = |address: &str| {
-        address
-            .parse::<IpAddr>()
-            .is_ok_and(|ip| proxy.ip_addresses.contains(&ip))
-    };
     let mut out = Vec::new();
-    for service in &mesh.services {
-        let Some(endpoint) = service.endpoints.iter().find(|e| is_local(&e.address)) else {
-            continue;
-        };
+    for (service, endpoint) in mesh.local_services(proxy) {
         let dr = mesh.destination_rule(&service.hostname, &proxy.namespace, &service.namespace);
         for port in &service.ports {
             let top = dr.and_then(|d| d.object.spec.traffic_policy.as_ref());

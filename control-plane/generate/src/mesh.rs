@@ -7,6 +7,7 @@
 //! service by host, DestinationRule by host, VirtualServices by gateway,
 //! Sidecar and Gateways by proxy. Nothing here knows Envoy.
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::IpAddr;
 use std::sync::{Arc, OnceLock};
 
 use sextant_api::networking::service_entry::{Location, Resolution};
@@ -158,6 +159,12 @@ pub struct MeshSnapshot {
     pub parts: PartCache,
     /// AuthorizationPolicies by what they can select, built on first use.
     policy_index: OnceLock<PolicyIndex>,
+    /// Endpoint address -> positions in `services` of the services with an
+    /// endpoint there, built on first use: a sidecar's inbound side starts
+    /// from the services it is an endpoint of, and scanning (and parsing)
+    /// every endpoint of the mesh for each proxy on each push does not
+    /// scale.
+    by_endpoint_ip: OnceLock<HashMap<IpAddr, Vec<usize>>>,
 }
 
 /// Positions (in `of_kind(AuthorizationPolicy)` order) of the policies that
@@ -383,6 +390,7 @@ impl MeshSnapshot {
             outbound_label_keys: BTreeSet::new(),
             parts: PartCache::default(),
             policy_index: OnceLock::new(),
+            by_endpoint_ip: OnceLock::new(),
         };
         mesh.outbound_label_keys = crate::class::outbound_label_keys(&mesh);
         let workloads = WorkloadIndex::new(&mesh);
@@ -415,6 +423,46 @@ impl MeshSnapshot {
     /// Label keys outbound generation reads from proxies.
     pub fn outbound_label_keys(&self) -> &BTreeSet<String> {
         &self.outbound_label_keys
+    }
+
+    /// The services the proxy is an endpoint of (by its IP addresses), in
+    /// registry order, each with its first endpoint at one of them.
+    pub fn local_services(&self, proxy: &Proxy) -> Vec<(&MeshService, &Endpoint)> {
+        let index = self.by_endpoint_ip.get_or_init(|| {
+            let mut index: HashMap<IpAddr, Vec<usize>> = HashMap::new();
+            for (i, service) in self.services.iter().enumerate() {
+                for endpoint in &service.endpoints {
+                    if let Ok(ip) = endpoint.address.parse::<IpAddr>() {
+                        let at = index.entry(ip).or_default();
+                        if at.last() != Some(&i) {
+                            at.push(i);
+                        }
+                    }
+                }
+            }
+            index
+        });
+        let mut positions: Vec<usize> = proxy
+            .ip_addresses
+            .iter()
+            .filter_map(|ip| index.get(ip))
+            .flatten()
+            .copied()
+            .collect();
+        positions.sort_unstable();
+        positions.dedup();
+        positions
+            .into_iter()
+            .filter_map(|i| {
+                let service = &self.services[i];
+                let endpoint = service.endpoints.iter().find(|e| {
+                    e.address
+                        .parse::<IpAddr>()
+                        .is_ok_and(|ip| proxy.ip_addresses.contains(&ip))
+                })?;
+                Some((service, endpoint))
+            })
+            .collect()
     }
 
     /// AuthorizationPolicies by what they can select.
