@@ -167,12 +167,14 @@ pub struct MeshSnapshot {
     by_endpoint_ip: OnceLock<HashMap<IpAddr, Vec<usize>>>,
 }
 
-/// Positions (in `of_kind(AuthorizationPolicy)` order) of the policies that
-/// can apply to a workload, found from its namespace and labels: each
+/// The policies that can apply to a workload, found from its namespace and
+/// labels: each
 /// sidecar's inbound filters must not test every policy of the mesh (at
 /// 1,000 services, 1,000 policies for each of 2,000 proxies on every push).
 #[derive(Debug, Default)]
 pub(crate) struct PolicyIndex {
+    /// Every AuthorizationPolicy, in key order; the maps hold positions.
+    all: Vec<Arc<IstioObject>>,
     /// namespace -> label key -> label value -> policies whose selector
     /// has that label (any one of its labels is a necessary condition).
     by_label: HashMap<String, HashMap<String, HashMap<String, Vec<usize>>>>,
@@ -184,9 +186,18 @@ pub(crate) struct PolicyIndex {
 
 impl PolicyIndex {
     fn new(mesh: &MeshSnapshot) -> PolicyIndex {
-        let mut index = PolicyIndex::default();
-        for (i, object) in mesh.config.of_kind(Kind::AuthorizationPolicy).enumerate() {
-            let IstioObject::AuthorizationPolicy(ap) = object else {
+        let mut index = PolicyIndex {
+            all: mesh
+                .config
+                .objects
+                .iter()
+                .filter(|(key, _)| key.kind == Kind::AuthorizationPolicy)
+                .map(|(_, object)| object.clone())
+                .collect(),
+            ..PolicyIndex::default()
+        };
+        for (i, object) in index.all.iter().enumerate() {
+            let IstioObject::AuthorizationPolicy(ap) = object.as_ref() else {
                 continue;
             };
             let spec = &ap.spec;
@@ -215,13 +226,13 @@ impl PolicyIndex {
         index
     }
 
-    /// Positions of the policies that may apply to a workload of
-    /// `namespace` with `labels`, sorted; a superset, to be checked.
+    /// The policies that may apply to a workload of `namespace` with
+    /// `labels`, in key order; a superset, to be checked.
     pub(crate) fn candidates(
         &self,
         namespace: &str,
         labels: &BTreeMap<String, String>,
-    ) -> Vec<usize> {
+    ) -> impl Iterator<Item = &IstioObject> {
         let mut out = self.targeted.clone();
         for ns in [ROOT_NAMESPACE, namespace] {
             out.extend(self.unselective.get(ns).into_iter().flatten());
@@ -238,7 +249,7 @@ impl PolicyIndex {
         }
         out.sort_unstable();
         out.dedup();
-        out
+        out.into_iter().map(|i| self.all[i].as_ref())
     }
 }
 
@@ -805,11 +816,6 @@ metadata: {name: f-target, namespace: other}
 spec: {targetRefs: [{kind: Service, group: "", name: reviews}]}
 "#,
         );
-        let names: Vec<String> = mesh
-            .config
-            .of_kind(Kind::AuthorizationPolicy)
-            .map(|o| o.name().to_string())
-            .collect();
         let labels: BTreeMap<String, String> = [("app", "reviews"), ("version", "v1")]
             .into_iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -817,8 +823,7 @@ spec: {targetRefs: [{kind: Service, group: "", name: reviews}]}
         let found: Vec<&str> = mesh
             .policy_index()
             .candidates("default", &labels)
-            .into_iter()
-            .map(|i| names[i].as_str())
+            .map(|o| o.name())
             .collect();
         assert_eq!(found, ["a-reviews", "c-all", "e-mesh", "f-target"]);
     }

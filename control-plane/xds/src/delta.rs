@@ -214,7 +214,8 @@ impl<S: Send + Sync + 'static> DeltaStream<S> {
             }
         }
 
-        self.settle_slot();
+        let all_answered = self.types.values().all(|t| t.outstanding.is_empty());
+        self.conn.slot.settle(all_answered);
         let state = self.types.get_mut(&type_url).expect("type state");
         let respond = if first {
             state.subscription = Subscription::delta_initial(&request.resource_names_subscribe);
@@ -271,14 +272,6 @@ impl<S: Send + Sync + 'static> DeltaStream<S> {
             self.respond(&type_url, first).await?;
         }
         Ok(())
-    }
-
-    /// Gives the push slot back once the proxy has answered every
-    /// response (see [`crate::throttle`]).
-    fn settle_slot(&mut self) {
-        if self.conn.slot.held() && self.types.values().all(|t| t.outstanding.is_empty()) {
-            self.conn.slot.release();
-        }
     }
 
     async fn on_push(&mut self, push: Arc<Push<S>>) -> Result<(), Stop> {

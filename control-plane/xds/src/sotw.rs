@@ -218,7 +218,8 @@ impl<S: Send + Sync + 'static> SotwStream<S> {
                 None => self.conn.acked(&type_url, &sent_version, &nonce),
             }
         }
-        self.settle_slot();
+        let all_answered = self.types.values().all(|t| t.outstanding.is_empty());
+        self.conn.slot.settle(all_answered);
         let state = self.types.get_mut(&type_url).expect("answered type");
         // ...but only a request on the latest one counts for the
         // subscription: an older one is superseded by a response Envoy has
@@ -251,14 +252,6 @@ impl<S: Send + Sync + 'static> SotwStream<S> {
             .update_type(&type_url, |t| t.subscription = subscription);
         tracing::debug!(r#type = type_url::short_name(&type_url), names = ?request.resource_names, "resubscribed");
         self.respond(&type_url, false).await.map(drop)
-    }
-
-    /// Gives the push slot back once the proxy has answered every
-    /// response (see [`crate::throttle`]).
-    fn settle_slot(&mut self) {
-        if self.conn.slot.held() && self.types.values().all(|t| t.outstanding.is_empty()) {
-            self.conn.slot.release();
-        }
     }
 
     /// A new snapshot: every subscribed type, in warming-safe order, sends

@@ -82,6 +82,13 @@ impl PushSlot {
         self.deadline = Some(Instant::now() + self.slots.timeout);
     }
 
+    /// Gives the slot back once the proxy has answered every response.
+    pub(crate) fn settle(&mut self, all_answered: bool) {
+        if all_answered {
+            self.release();
+        }
+    }
+
     /// Gives the slot back (the proxy answered everything it was sent).
     pub(crate) fn release(&mut self) {
         self.permit = None;
@@ -93,7 +100,8 @@ impl PushSlot {
         self.deadline
     }
 
-    pub(crate) fn held(&self) -> bool {
+    #[cfg(test)]
+    fn held(&self) -> bool {
         self.permit.is_some()
     }
 

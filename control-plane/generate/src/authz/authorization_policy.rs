@@ -11,7 +11,7 @@
 //! `istio.io/dry-run: "true"` makes the policy's rules shadow rules.
 use sextant_api::security::AuthorizationPolicy;
 use sextant_api::security::authorization_policy::{self as api, Source};
-use sextant_config::object::{IstioObject, Kind};
+use sextant_config::object::IstioObject;
 
 use super::Workload;
 use super::model::{
@@ -24,11 +24,8 @@ pub const DRY_RUN_ANNOTATION: &str = "istio.io/dry-run";
 
 /// The AuthorizationPolicies that apply to the workload, in key order.
 pub fn policies(mesh: &MeshSnapshot, workload: &Workload<'_>) -> Vec<Policy> {
-    let all: Vec<&IstioObject> = mesh.config.of_kind(Kind::AuthorizationPolicy).collect();
     mesh.policy_index()
         .candidates(&workload.namespace, &workload.labels)
-        .into_iter()
-        .filter_map(|i| all.get(i).copied())
         .filter_map(|o| match o {
             IstioObject::AuthorizationPolicy(ap) => Some((o.namespace(), o.name(), ap.as_ref())),
             _ => None,
