@@ -561,6 +561,15 @@ mod tests {
         let mut stream = Requests::<DiscoveryRequest>::new(Body::new(body));
         let error = stream.next().await.unwrap().unwrap_err();
         assert_eq!(error.code(), tonic::Code::Internal);
+
+        // A compressed message is refused, not misread.
+        let mut compressed = wire[..5].to_vec();
+        compressed[0] = 1;
+        let frames = vec![Ok::<_, Status>(Frame::data(Bytes::from(compressed)))];
+        let body = http_body_util::StreamBody::new(tokio_stream::iter(frames));
+        let mut stream = Requests::<DiscoveryRequest>::new(Body::new(body));
+        let error = stream.next().await.unwrap().unwrap_err();
+        assert_eq!(error.code(), tonic::Code::Unimplemented);
     }
 
     #[tokio::test]
