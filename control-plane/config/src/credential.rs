@@ -280,17 +280,7 @@ pub fn is_secret(value: &Value) -> bool {
 /// A `kind: Secret` document: its key, and its credential if it holds one.
 /// A Secret without a namespace lands in [`DEFAULT_NAMESPACE`].
 pub fn parse_secret(value: Value) -> Result<(CredentialKey, Option<Credential>), ParseError> {
-    let secret: Secret = serde_path_to_error::deserialize(value).map_err(|e| {
-        let path = e.path().to_string();
-        let path = if path == "." { String::new() } else { path };
-        let message = e.into_inner().to_string();
-        let message = message
-            .split(" at line ")
-            .next()
-            .unwrap_or(&message)
-            .to_string();
-        ParseError::new(path, message)
-    })?;
+    let secret: Secret = crate::object::typed(value)?;
     let name = secret.metadata.name.clone().unwrap_or_default();
     if name.is_empty() {
         return Err(ParseError::new("metadata.name", "is required"));

@@ -249,7 +249,7 @@ pub fn parse(value: Value) -> Result<IstioObject, ParseError> {
 }
 
 /// Deserializes with the path of the first offending field.
-fn typed<T: DeserializeOwned>(value: Value) -> Result<T, ParseError> {
+pub(crate) fn typed<T: DeserializeOwned>(value: Value) -> Result<T, ParseError> {
     serde_path_to_error::deserialize(value).map_err(|e| {
         let path = e.path().to_string();
         let path = if path == "." { String::new() } else { path };

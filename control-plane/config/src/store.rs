@@ -98,6 +98,15 @@ struct State {
     credentials: BTreeMap<CredentialKey, (Arc<Credential>, SourceId)>,
 }
 
+impl State {
+    /// Whether this very credential is stored under `key`.
+    fn holds(&self, key: &CredentialKey, credential: &Credential) -> bool {
+        self.credentials
+            .get(key)
+            .is_some_and(|(c, _)| **c == *credential)
+    }
+}
+
 /// The shared store. Clone the `Arc` to share it between sources and
 /// consumers.
 #[derive(Debug)]
@@ -183,6 +192,16 @@ impl ConfigStore {
         key: CredentialKey,
         credential: Credential,
     ) -> Result<(), CredentialError> {
+        // An identical credential was validated when it was stored: skip
+        // re-parsing its keys on every rescan or relist.
+        if self
+            .state
+            .lock()
+            .expect("store lock")
+            .holds(&key, &credential)
+        {
+            return Ok(());
+        }
         if let Err(error) = credential.validate() {
             tracing::error!(secret = %key, source, %error, "refused TLS credential; keeping the last good version");
             let _ = self.events.send(StoreEvent::CredentialRejected {
@@ -192,12 +211,8 @@ impl ConfigStore {
             return Err(error);
         }
         let mut state = self.state.lock().expect("store lock");
-        if state
-            .credentials
-            .get(&key)
-            .is_some_and(|(c, _)| **c == credential)
-        {
-            return Ok(());
+        if state.holds(&key, &credential) {
+            return Ok(()); // stored meanwhile
         }
         state
             .credentials
