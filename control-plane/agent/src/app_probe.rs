@@ -16,7 +16,7 @@ use std::time::Duration;
 use http_body_util::{BodyExt, Empty};
 use hyper::body::Bytes;
 use hyper::header::{HOST, HeaderMap, HeaderName, HeaderValue};
-use hyper::{Request, StatusCode};
+use hyper::{Request, StatusCode, Uri};
 use hyper_util::rt::TokioIo;
 use serde::Deserialize;
 use tokio::net::{TcpSocket, TcpStream};
@@ -71,22 +71,82 @@ struct RawProber {
     timeout_seconds: Option<u64>,
 }
 
+/// `httpGet` as written; checked and parsed into an [`HttpProbe`].
 #[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(rename_all = "camelCase")]
-pub struct HttpGet {
+struct HttpGet {
     #[serde(default)]
-    pub path: Option<String>,
-    pub port: u16,
+    path: Option<String>,
+    port: u16,
     #[serde(default)]
-    pub scheme: Option<String>,
+    scheme: Option<String>,
     #[serde(default)]
-    pub http_headers: Vec<HttpHeader>,
+    http_headers: Vec<HttpHeader>,
 }
 
 #[derive(Clone, Debug, Deserialize, PartialEq)]
-pub struct HttpHeader {
-    pub name: String,
-    pub value: String,
+struct HttpHeader {
+    name: String,
+    value: String,
+}
+
+/// An `httpGet` probe ready to send: its path and headers parsed once,
+/// when the probers are read, not on every probe.
+#[derive(Clone, Debug, PartialEq)]
+pub struct HttpProbe {
+    pub port: u16,
+    pub https: bool,
+    /// The request target: `httpGet.path`, `/` when empty, with a leading
+    /// `/` added when missing (as kubelet does).
+    pub path: Uri,
+    /// `httpGet.httpHeaders`, in order (names lowercased).
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+}
+
+impl HttpProbe {
+    /// Checks an `httpGet`; the error names the bad field.
+    fn parse(get: HttpGet) -> Result<HttpProbe, String> {
+        let https = match get.scheme.as_deref().unwrap_or("HTTP") {
+            "HTTP" | "http" => false,
+            "HTTPS" | "https" => true,
+            _ => return Err("httpGet.scheme must be HTTP or HTTPS".into()),
+        };
+        if get.port == 0 {
+            return Err("httpGet.port must be 1-65535".into());
+        }
+        let target = match get.path.as_deref() {
+            None | Some("") => "/".to_string(),
+            Some(p) if p.starts_with('/') => p.to_string(),
+            Some(p) => format!("/{p}"),
+        };
+        let path = Uri::try_from(target.as_str()).map_err(|e| {
+            format!(
+                "httpGet.path {:?}: {e}",
+                get.path.as_deref().unwrap_or_default()
+            )
+        })?;
+        let headers = get
+            .http_headers
+            .iter()
+            .enumerate()
+            .map(|(i, header)| {
+                let name = HeaderName::from_bytes(header.name.as_bytes()).map_err(|e| {
+                    format!("httpGet.httpHeaders[{i}]: name {:?}: {e}", header.name)
+                })?;
+                // The value is not repeated: it may be a credential.
+                let value = HeaderValue::from_str(&header.value).map_err(|e| {
+                    format!("httpGet.httpHeaders[{i}]: value of {:?}: {e}", header.name)
+                })?;
+                Ok((name, value))
+            })
+            .collect::<Result<_, String>>()?;
+        Ok(HttpProbe {
+            port: get.port,
+            https,
+            path,
+            headers,
+        })
+    }
 }
 
 #[derive(Clone, Debug, Deserialize, PartialEq)]
@@ -104,7 +164,7 @@ pub struct GrpcAction {
 /// What a probe does.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Action {
-    Http { get: HttpGet, https: bool },
+    Http(HttpProbe),
     Tcp(TcpSocketAction),
     Grpc(GrpcAction),
 }
@@ -141,15 +201,7 @@ impl AppProbers {
             };
             let action = match (raw.http_get, raw.tcp_socket, raw.grpc) {
                 (Some(get), None, None) => {
-                    let https = match get.scheme.as_deref().unwrap_or("HTTP") {
-                        "HTTP" | "http" => false,
-                        "HTTPS" | "https" => true,
-                        _ => return Err(invalid("httpGet.scheme must be HTTP or HTTPS")),
-                    };
-                    if get.port == 0 {
-                        return Err(invalid("httpGet.port must be 1-65535"));
-                    }
-                    Action::Http { get, https }
+                    Action::Http(HttpProbe::parse(get).map_err(|message| invalid(&message))?)
                 }
                 (None, Some(tcp), None) if tcp.port != 0 => Action::Tcp(tcp),
                 (None, None, Some(grpc)) if grpc.port != 0 => Action::Grpc(grpc),
@@ -233,9 +285,7 @@ pub async fn run(
 ) -> Outcome {
     let work = async {
         match &prober.action {
-            Action::Http { get, https } => {
-                http_probe(get, *https, destination, status_port, request).await
-            }
+            Action::Http(http) => http_probe(http, destination, status_port, request).await,
             Action::Tcp(tcp) => connect(SocketAddr::new(destination, tcp.port))
                 .await
                 .map(|_| Outcome::ok())
@@ -269,43 +319,31 @@ async fn connect(to: SocketAddr) -> std::io::Result<TcpStream> {
 }
 
 async fn http_probe(
-    get: &HttpGet,
-    https: bool,
+    probe: &HttpProbe,
     destination: IpAddr,
     status_port: u16,
     incoming: &HeaderMap,
 ) -> Result<Outcome, String> {
-    let target = SocketAddr::new(destination, get.port);
-    let path = match get.path.as_deref() {
-        None | Some("") => "/".to_string(),
-        Some(p) if p.starts_with('/') => p.to_string(),
-        Some(p) => format!("/{p}"),
-    };
-    let mut request = Request::get(path.as_str())
-        .body(Empty::<Bytes>::new())
-        .map_err(|e| format!("path {path:?}: {e}"))?;
+    let target = SocketAddr::new(destination, probe.port);
+    // A GET over HTTP/1.1, as `Request::get` makes.
+    let mut request = Request::new(Empty::<Bytes>::new());
+    *request.uri_mut() = probe.path.clone();
     let headers = request.headers_mut();
     for (name, value) in incoming {
         if !HOP_BY_HOP.contains(&name.as_str()) {
             headers.append(name, value.clone());
         }
     }
-    for header in &get.http_headers {
-        let (Ok(name), Ok(value)) = (
-            HeaderName::from_bytes(header.name.as_bytes()),
-            HeaderValue::from_str(&header.value),
-        ) else {
-            return Err(format!("invalid httpHeaders entry {:?}", header.name));
-        };
-        if !headers.contains_key(&name) {
-            headers.insert(name, value);
+    for (name, value) in &probe.headers {
+        if !headers.contains_key(name) {
+            headers.insert(name.clone(), value.clone());
         }
     }
     // Kubelet addressed the status port; the app expects its own.
     let host = match headers.get(HOST).and_then(|h| h.to_str().ok()) {
         Some(host) => match host.rsplit_once(':') {
             Some((name, port)) if port == status_port.to_string() => {
-                format!("{name}:{}", get.port)
+                format!("{name}:{}", probe.port)
             }
             _ => host.to_string(),
         },
@@ -319,7 +357,7 @@ async fn http_probe(
     let stream = connect(target)
         .await
         .map_err(|e| format!("connecting to {target}: {e}"))?;
-    let response = if https {
+    let response = if probe.https {
         let server_name = rustls::pki_types::ServerName::IpAddress(destination.into());
         let tls = TlsConnector::from(insecure_tls())
             .connect(server_name, stream)
@@ -524,7 +562,7 @@ mod tests {
         assert_eq!(probers.len(), 3);
         let ready = probers.get("/app-health/details/readyz").unwrap();
         assert_eq!(ready.timeout, Duration::from_secs(3));
-        assert!(matches!(&ready.action, Action::Http { get, https: false } if get.port == 9080));
+        assert!(matches!(&ready.action, Action::Http(http) if http.port == 9080 && !http.https));
         let live = probers.get("/app-health/details/livez").unwrap();
         assert_eq!(live.timeout, DEFAULT_TIMEOUT);
         assert_eq!(live.action, Action::Tcp(TcpSocketAction { port: 9080 }));
@@ -559,6 +597,83 @@ mod tests {
         check(
             r#"{"/app-health/a/livez":{"tcpSocket":{"port":0}}}"#,
             "1-65535",
+        );
+    }
+
+    #[test]
+    fn http_paths_and_headers_are_parsed_once() {
+        let probers = AppProbers::parse(
+            r#"{"/app-health/a/readyz":{"httpGet":{"port":8080,"scheme":"HTTPS",
+                    "httpHeaders":[{"name":"X-Probe","value":"custom"},{"name":"x-probe","value":"second"},
+                                   {"name":"Authorization","value":"Bearer t"}]}},
+                "/app-health/a/livez":{"httpGet":{"path":"health?full=1","port":8080}},
+                "/app-health/a/startupz":{"httpGet":{"path":"/started","port":8080}}}"#,
+        )
+        .unwrap();
+        let http = |path: &str| match &probers.get(path).unwrap().action {
+            Action::Http(http) => http.clone(),
+            other => panic!("{path}: {other:?}"),
+        };
+        let ready = http("/app-health/a/readyz");
+        assert_eq!((ready.port, ready.https), (8080, true));
+        assert_eq!(ready.path, "/");
+        let headers: Vec<(&str, &str)> = ready
+            .headers
+            .iter()
+            .map(|(n, v)| (n.as_str(), v.to_str().unwrap()))
+            .collect();
+        assert_eq!(
+            headers,
+            [
+                ("x-probe", "custom"),
+                ("x-probe", "second"),
+                ("authorization", "Bearer t")
+            ]
+        );
+        let live = http("/app-health/a/livez");
+        assert_eq!(live.path, "/health?full=1");
+        assert_eq!(live.path.path(), "/health");
+        assert!(live.headers.is_empty());
+        assert_eq!(http("/app-health/a/startupz").path, "/started");
+    }
+
+    #[test]
+    fn bad_http_paths_and_headers_are_refused_when_read() {
+        let check = |json: &str, needles: &[&str]| {
+            let err = AppProbers::parse(json).unwrap_err();
+            assert!(matches!(err, ProbeConfigError::Prober { .. }), "{err:?}");
+            let message = err.to_string();
+            for needle in needles {
+                assert!(message.contains(needle), "{json}: {message}");
+            }
+            message
+        };
+        check(
+            r#"{"/app-health/web/readyz":{"httpGet":{"port":80,"httpHeaders":[
+                {"name":"x-ok","value":"1"},{"name":"bad name","value":"v"}]}}}"#,
+            &[
+                "\"/app-health/web/readyz\"",
+                "httpGet.httpHeaders[1]",
+                "\"bad name\"",
+            ],
+        );
+        let message = check(
+            r#"{"/app-health/web/livez":{"httpGet":{"port":80,"httpHeaders":[
+                {"name":"x-token","value":"secret\nInjected: yes"}]}}}"#,
+            &[
+                "\"/app-health/web/livez\"",
+                "httpGet.httpHeaders[0]",
+                "\"x-token\"",
+            ],
+        );
+        assert!(!message.contains("secret"), "{message}");
+        check(
+            r#"{"/app-health/web/startupz":{"httpGet":{"port":80,"path":"/he alth"}}}"#,
+            &["\"/app-health/web/startupz\"", "httpGet.path \"/he alth\""],
+        );
+        check(
+            r#"{"/app-health/web/readyz":{"httpGet":{"port":80,"httpHeaders":[{"name":"","value":"v"}]}}}"#,
+            &["httpGet.httpHeaders[0]"],
         );
     }
 }

@@ -133,6 +133,10 @@ pub enum CredentialError {
     NotReferenced(String),
     #[error("{0:?} is not a Kubernetes Secret name ({KUBERNETES_PREFIX}NAME)")]
     UnsupportedName(String),
+    #[error(
+        "credentialName {0:?} ends in {CA_SUFFIX:?}, which names the CA Secret of a credential (NAME{CA_SUFFIX}), not a certificate: name the certificate's Secret"
+    )]
+    CaAsCertificate(String),
 }
 
 /// Whether a proxy may be given Secrets at all: a gateway whose identity
@@ -252,8 +256,10 @@ pub fn server_credentials(
     for name in credential_names(tls) {
         let resource = resource_name(name);
         let request = SecretRequest::parse(&resource)
-            .filter(|r| !r.ca)
             .ok_or_else(|| CredentialError::UnsupportedName(name.to_string()))?;
+        if request.ca {
+            return Err(CredentialError::CaAsCertificate(name.to_string()));
+        }
         let namespace = own_namespace(&request, proxy)?;
         certificate(mesh, namespace, &request.name)?;
         certificates.push(resource);

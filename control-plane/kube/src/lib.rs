@@ -2,8 +2,8 @@
 //!
 //! - [`source`] watches the Istio CRDs (whichever served version the
 //!   cluster offers) into the [`ConfigStore`](sextant_config::store::ConfigStore),
-//!   and Services, EndpointSlices, Pods, Namespaces, Secrets and the mesh
-//!   ConfigMap into in-memory indexes;
+//!   (with the TLS credentials of Secrets), and Services, EndpointSlices,
+//!   Pods, Namespaces and the mesh ConfigMap into in-memory indexes;
 //! - [`registry`] turns Services and their endpoints into synthetic
 //!   ServiceEntries, so the generators see one model (pure, most tests);
 //! - [`status`] writes a rejected object's validation error to its
@@ -47,7 +47,7 @@ pub async fn client() -> Result<kube::Client, KubeError> {
 }
 
 /// Watches everything into `store` until the process ends. Use
-/// [`KubeSource`] to get the handles (mesh config, secrets, leadership)
+/// [`KubeSource`] to get the handles (mesh config, namespaces, leadership)
 /// and to stop it.
 pub async fn run(
     client: kube::Client,

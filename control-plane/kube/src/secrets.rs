@@ -4,123 +4,59 @@
 //! `tls.key`, optionally `ca.crt`) and a generic one (`cert`, `key`,
 //! `cacert`); the CA for mutual TLS may also be in a separate Secret named
 //! `NAME-cacert` (see [`sextant_config::credential`], which reads them).
-//! Only Secrets holding one of those keys are kept, and only their PEM
-//! text, so the index does not mirror every Secret of the cluster.
+//! Only Secrets holding one of those keys become credentials, and only
+//! their PEM text is kept.
 //!
-//! The index feeds the [`ConfigStore`] (when made with
-//! [`SecretIndex::feeding`]): the store checks each credential, keeps the
-//! last good one, and a change is pushed to the gateways like any config.
-use std::collections::BTreeMap;
-use std::sync::{Arc, RwLock};
+//! [`SecretIndex`] hands them to the [`ConfigStore`] (source [`SOURCE`]),
+//! which holds the credentials: it checks each one, keeps the last good
+//! one, skips unchanged ones, and a change is pushed to the gateways like
+//! any config. Nothing is kept here.
+use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::Secret;
 use sextant_config::credential::CredentialKey;
 use sextant_config::store::ConfigStore;
-use tokio::sync::watch;
 
 pub use sextant_config::credential::Credential;
 
 use crate::SOURCE;
 
-/// Credentials by (namespace, name).
-type Credentials = BTreeMap<(String, String), Arc<Credential>>;
-
-/// Credentials by (namespace, name), shared between the watcher and SDS.
+/// Applies Secret events to the store's credentials.
 #[derive(Clone, Debug)]
 pub struct SecretIndex {
-    inner: Arc<RwLock<Credentials>>,
-    version: Arc<watch::Sender<u64>>,
-    store: Option<Arc<ConfigStore>>,
-}
-
-impl Default for SecretIndex {
-    fn default() -> Self {
-        Self {
-            inner: Arc::default(),
-            version: Arc::new(watch::channel(0).0),
-            store: None,
-        }
-    }
+    store: Arc<ConfigStore>,
 }
 
 impl SecretIndex {
-    /// An index that also applies every credential to the store (source
-    /// [`SOURCE`]), where the generators find them.
-    pub fn feeding(store: Arc<ConfigStore>) -> Self {
-        Self {
-            store: Some(store),
-            ..Self::default()
-        }
-    }
-
-    pub fn get(&self, namespace: &str, name: &str) -> Option<Arc<Credential>> {
-        self.inner
-            .read()
-            .expect("secret index lock")
-            .get(&(namespace.to_string(), name.to_string()))
-            .cloned()
-    }
-
-    /// Increases whenever a credential changes: SDS pushes on it.
-    pub fn changes(&self) -> watch::Receiver<u64> {
-        self.version.subscribe()
+    /// Applies every credential to `store` (source [`SOURCE`]), where the
+    /// generators find them.
+    pub fn new(store: Arc<ConfigStore>) -> Self {
+        Self { store }
     }
 
     /// Records a Secret (forgets it if it no longer holds a credential).
     pub fn apply(&self, secret: &Secret) {
         let namespace = secret.metadata.namespace.clone().unwrap_or_default();
         let name = secret.metadata.name.clone().unwrap_or_default();
+        let key = CredentialKey::new(namespace, name);
         match Credential::from_secret(secret) {
             Ok(Some(credential)) => {
-                let mut map = self.inner.write().expect("secret index lock");
-                let key = (namespace, name);
-                if map.get(&key).map(|c| c.as_ref()) != Some(&credential) {
-                    map.insert(key.clone(), Arc::new(credential.clone()));
-                    drop(map);
-                    self.bump();
-                    if let Some(store) = &self.store {
-                        // A refusal is logged by the store, which keeps the
-                        // last good credential.
-                        let _ = store.apply_credential(
-                            SOURCE,
-                            CredentialKey::new(key.0, key.1),
-                            credential,
-                        );
-                    }
-                }
+                // A refusal is logged by the store, which keeps the last
+                // good credential.
+                let _ = self.store.apply_credential(SOURCE, key, credential);
             }
-            Ok(None) => self.delete(&namespace, &name),
+            Ok(None) => {
+                self.store.delete_credential(&key);
+            }
             Err(error) => {
-                tracing::warn!(secret = %CredentialKey::new(namespace, name), %error, "Secret with unusable TLS keys; its last good credential (if any) stays in force");
+                tracing::warn!(secret = %key, %error, "Secret with unusable TLS keys; its last good credential (if any) stays in force");
             }
         }
     }
 
     pub fn delete(&self, namespace: &str, name: &str) {
-        let removed = self
-            .inner
-            .write()
-            .expect("secret index lock")
-            .remove(&(namespace.to_string(), name.to_string()))
-            .is_some();
-        if removed {
-            self.bump();
-        }
-        if let Some(store) = &self.store {
-            store.delete_credential(&CredentialKey::new(namespace, name));
-        }
-    }
-
-    pub fn len(&self) -> usize {
-        self.inner.read().expect("secret index lock").len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    fn bump(&self) {
-        self.version.send_modify(|v| *v += 1);
+        self.store
+            .delete_credential(&CredentialKey::new(namespace, name));
     }
 }
 
@@ -142,85 +78,90 @@ mod tests {
         s
     }
 
+    const CERT: &str = include_str!("../../config/tests/fixtures/tls/gw.example.com.crt");
+    const KEY: &str = include_str!("../../config/tests/fixtures/tls/gw.example.com.key");
+
+    fn stored(store: &ConfigStore, name: &str) -> Option<Credential> {
+        store.snapshot().credential("istio-system", name).cloned()
+    }
+
     #[test]
-    fn both_layouts_and_changes() {
-        let index = SecretIndex::default();
-        let changes = index.changes();
+    fn both_layouts_go_to_the_store_and_nothing_else() {
+        let store = Arc::new(ConfigStore::new());
+        let index = SecretIndex::new(store.clone());
         index.apply(&secret(
             "bookinfo-credential",
             "kubernetes.io/tls",
-            &[("tls.crt", "CERT"), ("tls.key", "KEY"), ("ca.crt", "CA")],
+            &[("tls.crt", CERT), ("tls.key", KEY), ("ca.crt", CERT)],
         ));
         index.apply(&secret(
             "httpbin-credential",
             "Opaque",
-            &[("cert", "C2"), ("key", "K2")],
+            &[("cert", CERT), ("key", KEY)],
         ));
         index.apply(&secret(
             "httpbin-credential-cacert",
             "Opaque",
-            &[("cacert", "CA2")],
+            &[("cacert", CERT)],
         ));
         index.apply(&secret(
             "registry-auth",
             "Opaque",
             &[("password", "hunter2")],
         ));
-        assert_eq!(index.len(), 3, "non-TLS secrets are not kept");
-        let c = index.get("istio-system", "bookinfo-credential").unwrap();
-        assert_eq!(c.cert_pem.as_deref(), Some("CERT"));
-        assert_eq!(c.key_pem.as_deref(), Some("KEY"));
-        assert_eq!(c.ca_cert_pem.as_deref(), Some("CA"));
-        let c = index.get("istio-system", "httpbin-credential").unwrap();
+        assert_eq!(
+            store.credential_keys_from(SOURCE),
+            [
+                CredentialKey::new("istio-system", "bookinfo-credential"),
+                CredentialKey::new("istio-system", "httpbin-credential"),
+                CredentialKey::new("istio-system", "httpbin-credential-cacert"),
+            ],
+            "non-TLS secrets are not kept"
+        );
+        let c = stored(&store, "bookinfo-credential").unwrap();
+        assert_eq!(
+            (
+                c.cert_pem.as_deref(),
+                c.key_pem.as_deref(),
+                c.ca_cert_pem.as_deref()
+            ),
+            (Some(CERT), Some(KEY), Some(CERT))
+        );
+        let c = stored(&store, "httpbin-credential").unwrap();
         assert_eq!(
             (c.cert_pem.as_deref(), c.ca_cert_pem.as_deref()),
-            (Some("C2"), None)
+            (Some(CERT), None)
         );
-        assert_eq!(
-            index
-                .get("istio-system", "httpbin-credential-cacert")
-                .unwrap()
-                .ca_cert_pem
-                .as_deref(),
-            Some("CA2")
-        );
-        assert_eq!(*changes.borrow(), 3);
+        let c = stored(&store, "httpbin-credential-cacert").unwrap();
+        assert_eq!((c.cert_pem, c.ca_cert_pem.as_deref()), (None, Some(CERT)));
 
         // Re-applying the same content is not a change.
+        let version = store.snapshot().version;
         index.apply(&secret(
             "httpbin-credential",
             "Opaque",
-            &[("cert", "C2"), ("key", "K2")],
+            &[("cert", CERT), ("key", KEY)],
         ));
-        assert_eq!(*changes.borrow(), 3);
-        index.delete("istio-system", "httpbin-credential");
-        assert!(index.get("istio-system", "httpbin-credential").is_none());
-        assert_eq!(*changes.borrow(), 4);
-    }
+        assert_eq!(store.snapshot().version, version);
 
-    const CERT: &str = "-----BEGIN CERTIFICATE-----
-MIIBiTCCAS+gAwIBAgIUHyMJaAT58NBOnoQFDwGYLCTHpwswCgYIKoZIzj0EAwIw
-GTEXMBUGA1UEAwwOZ3cuZXhhbXBsZS5jb20wIBcNMjYxMTI2MDMzMzU2WhgPMjEy
-NjExMDIwMzMzNTZaMBkxFzAVBgNVBAMMDmd3LmV4YW1wbGUuY29tMFkwEwYHKoZI
-zj0CAQYIKoZIzj0DAQcDQgAEmjmmlvUv6ysF1tCfc7AdsANGYLhLPAkXyuHRBHzh
-uoC9t7/sOfi6fWRY2y4csLiSsxJRzj49BsqsMahthKLhK6NTMFEwHQYDVR0OBBYE
-FBlYh0CqwkZDuDkoqqpEZeSlB/R3MB8GA1UdIwQYMBaAFBlYh0CqwkZDuDkoqqpE
-ZeSlB/R3MA8GA1UdEwEB/wQFMAMBAf8wCgYIKoZIzj0EAwIDSAAwRQIgXVEzdPjK
-PqaSxlQ79xcn+yaxm8Y72/xJAOlUffEy0T4CIQCAEBBBTIJsWOjaS2p8adL8fcJG
-yisyn2qgPNS2u8ZLjA==
------END CERTIFICATE-----
-";
-    const KEY: &str = "-----BEGIN PRIVATE KEY-----
-MIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQgJVhiVHtbETACi7R1
-mc8PLY55uifkipiZyn98+CdPiauhRANCAASaOaaW9S/rKwXW0J9zsB2wA0ZguEs8
-CRfK4dEEfOG6gL23v+w5+Lp9ZFjbLhywuJKzElHOPj0GyqwxqG2EouEr
------END PRIVATE KEY-----
-";
+        // A Secret that no longer holds TLS keys is forgotten, as is a
+        // deleted one.
+        index.apply(&secret(
+            "httpbin-credential-cacert",
+            "Opaque",
+            &[("note", "moved")],
+        ));
+        assert_eq!(stored(&store, "httpbin-credential-cacert"), None);
+        index.delete("istio-system", "httpbin-credential");
+        assert_eq!(stored(&store, "httpbin-credential"), None);
+        assert_eq!(store.snapshot().version, version + 2);
+        assert_eq!(store.credential_keys_from(SOURCE).len(), 1);
+    }
 
     #[test]
     fn feeds_the_store_which_keeps_the_last_good_credential() {
         let store = Arc::new(ConfigStore::new());
-        let index = SecretIndex::feeding(store.clone());
+        let index = SecretIndex::new(store.clone());
         index.apply(&secret(
             "gw",
             "kubernetes.io/tls",

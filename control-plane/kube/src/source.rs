@@ -10,8 +10,10 @@
 //!   and gets a status patch queued for the leader;
 //! - Services, EndpointSlices and Pods into the [`ServiceRegistry`], whose
 //!   ServiceEntries go to the store;
-//! - Namespaces, Secrets (TLS credentials only) and the mesh ConfigMap into
-//!   watch channels and the [`SecretIndex`], exposed by [`KubeHandles`].
+//! - Namespaces and the mesh ConfigMap into watch channels, exposed by
+//!   [`KubeHandles`];
+//! - Secrets (TLS credentials only) through the [`SecretIndex`] into the
+//!   store.
 use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::future::Future;
@@ -59,8 +61,6 @@ pub struct KubeHandles {
     /// or when it is absent).
     pub mesh_config: watch::Receiver<MeshConfig>,
     pub namespaces: watch::Receiver<Namespaces>,
-    /// Gateways' TLS credentials.
-    pub secrets: SecretIndex,
     pub leader: watch::Receiver<LeaderState>,
     /// True once every watcher has delivered its first full list: the
     /// store holds the cluster's configuration (readiness).
@@ -124,7 +124,6 @@ pub struct KubeSource {
     leader: watch::Receiver<LeaderState>,
     mesh: watch::Sender<MeshConfig>,
     namespaces: watch::Sender<Namespaces>,
-    secrets: SecretIndex,
     status: StatusQueue,
     synced: watch::Sender<bool>,
 }
@@ -142,7 +141,6 @@ impl KubeSource {
                 (Leadership::Alone(tx), rx)
             }
         };
-        let secrets = SecretIndex::feeding(store.clone());
         Self {
             client,
             store,
@@ -151,7 +149,6 @@ impl KubeSource {
             leader,
             mesh: watch::channel(MeshConfig::default()).0,
             namespaces: watch::channel(Namespaces::new()).0,
-            secrets,
             status: StatusQueue::default(),
             synced: watch::channel(false).0,
         }
@@ -161,7 +158,6 @@ impl KubeSource {
         KubeHandles {
             mesh_config: self.mesh.subscribe(),
             namespaces: self.namespaces.subscribe(),
-            secrets: self.secrets.clone(),
             leader: self.leader.clone(),
             synced: self.synced.subscribe(),
             status: self.status.clone(),
@@ -183,7 +179,6 @@ impl KubeSource {
             leader,
             mesh,
             namespaces,
-            secrets,
             status,
             synced,
         } = self;
@@ -284,7 +279,7 @@ impl KubeSource {
             },
         )));
         if options.watch_secrets {
-            let secrets = secrets.clone();
+            let secrets = SecretIndex::new(store.clone());
             tasks.push(Box::pin(follow(
                 Api::<Secret>::all(client.clone()),
                 watcher::Config::default().fields(SECRET_FIELD_SELECTOR),

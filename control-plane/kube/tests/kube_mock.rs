@@ -763,10 +763,12 @@ async fn cluster_objects() -> FakeApi {
         ["default", "istio-system", "kube-system"]
     );
     assert_eq!(namespaces["default"]["istio-injection"], "enabled");
+    // Secrets' TLS credentials go to the store.
     let credential = run
-        .handles
-        .secrets
-        .get("istio-system", "bookinfo-credential")
+        .store
+        .snapshot()
+        .credential("istio-system", "bookinfo-credential")
+        .cloned()
         .unwrap();
     assert!(
         credential
@@ -816,8 +818,11 @@ async fn cluster_objects() -> FakeApi {
     })
     .await;
     fake.delete("v1", "Secret", "istio-system", "bookinfo-credential");
-    let secrets = run.handles.secrets.clone();
-    eventually("the deleted credential to go", || secrets.is_empty()).await;
+    let store = run.store.clone();
+    eventually("the deleted credential to go", || {
+        store.snapshot().credentials.is_empty()
+    })
+    .await;
     run.stop().await;
     fake
 }

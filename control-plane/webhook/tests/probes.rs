@@ -198,6 +198,20 @@ fn the_annotation_opts_out_and_in() {
     let review = bookinfo_review(&[(annotation::REWRITE_APP_HTTP_PROBERS, "true")]);
     let pod = injected(&review, &config);
     assert!(probers_env(&pod).is_some());
+
+    // Every spelling Go's strconv.ParseBool takes, as Istio reads it.
+    for on in ["1", "t", "T", "TRUE", "True"] {
+        let review = bookinfo_review(&[(annotation::REWRITE_APP_HTTP_PROBERS, on)]);
+        assert!(probers_env(&injected(&review, &config)).is_some(), "{on}");
+    }
+    for off in ["0", "f", "F", "FALSE", "False"] {
+        let review = bookinfo_review(&[(annotation::REWRITE_APP_HTTP_PROBERS, off)]);
+        assert_eq!(
+            probers_env(&injected(&review, &common::config())),
+            None,
+            "{off}"
+        );
+    }
 }
 
 #[test]

@@ -88,7 +88,7 @@ fn dry_run(obj: &AuthorizationPolicy, action: Action, f: &mut Findings) {
     let path = format!("metadata.annotations[{DRY_RUN_ANNOTATION}]");
     match action {
         Action::Allow | Action::Deny => {
-            if parse_go_bool(value).is_none() {
+            if fields::go_bool(value).is_none() {
                 f.error(
                     path,
                     format!("invalid value {value:?}: must be a boolean (true or false)"),
@@ -102,15 +102,6 @@ fn dry_run(obj: &AuthorizationPolicy, action: Action, f: &mut Findings) {
                 action_name(other)
             ),
         ),
-    }
-}
-
-/// Go's `strconv.ParseBool`, which Istio uses for annotations.
-fn parse_go_bool(s: &str) -> Option<bool> {
-    match s {
-        "1" | "t" | "T" | "TRUE" | "true" | "True" => Some(true),
-        "0" | "f" | "F" | "FALSE" | "false" | "False" => Some(false),
-        _ => None,
     }
 }
 

@@ -367,9 +367,33 @@ pub fn unix_address(f: &mut Findings, path: impl Display, addr: &str) {
     }
 }
 
+/// A boolean as Go's `strconv.ParseBool` reads it (`1`, `t`, `T`,
+/// `true`, `TRUE`, `True` and their false counterparts; nothing else, not
+/// even surrounding spaces): Istio parses its boolean annotations so.
+pub fn go_bool(value: &str) -> Option<bool> {
+    match value {
+        "1" | "t" | "T" | "TRUE" | "true" | "True" => Some(true),
+        "0" | "f" | "F" | "FALSE" | "false" | "False" => Some(false),
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn go_bools() {
+        for yes in ["1", "t", "T", "TRUE", "true", "True"] {
+            assert_eq!(go_bool(yes), Some(true), "{yes}");
+        }
+        for no in ["0", "f", "F", "FALSE", "false", "False"] {
+            assert_eq!(go_bool(no), Some(false), "{no}");
+        }
+        for bad in ["", "yes", "no", "on", "tRUE", "2", " true", "true\n"] {
+            assert_eq!(go_bool(bad), None, "{bad:?}");
+        }
+    }
 
     #[test]
     fn hosts() {

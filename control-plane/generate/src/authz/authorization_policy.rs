@@ -93,10 +93,10 @@ fn dry_run(origin: &str, ap: &AuthorizationPolicy) -> bool {
     else {
         return false;
     };
-    match value.as_str() {
-        "1" | "t" | "T" | "TRUE" | "true" | "True" => true,
-        "0" | "f" | "F" | "FALSE" | "false" | "False" => false,
-        other => {
+    match sextant_config::validation::fields::go_bool(value) {
+        Some(dry_run) => dry_run,
+        None => {
+            let other = value;
             tracing::error!(
                 "{origin}: {DRY_RUN_ANNOTATION}: {other:?} is not a boolean; the policy is enforced"
             );

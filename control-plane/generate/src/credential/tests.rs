@@ -12,24 +12,10 @@ use sextant_xds::{InterceptionMode, type_url};
 
 use super::*;
 
-const CERT: &str = "-----BEGIN CERTIFICATE-----
-MIIBiTCCAS+gAwIBAgIUHyMJaAT58NBOnoQFDwGYLCTHpwswCgYIKoZIzj0EAwIw
-GTEXMBUGA1UEAwwOZ3cuZXhhbXBsZS5jb20wIBcNMjYxMTI2MDMzMzU2WhgPMjEy
-NjExMDIwMzMzNTZaMBkxFzAVBgNVBAMMDmd3LmV4YW1wbGUuY29tMFkwEwYHKoZI
-zj0CAQYIKoZIzj0DAQcDQgAEmjmmlvUv6ysF1tCfc7AdsANGYLhLPAkXyuHRBHzh
-uoC9t7/sOfi6fWRY2y4csLiSsxJRzj49BsqsMahthKLhK6NTMFEwHQYDVR0OBBYE
-FBlYh0CqwkZDuDkoqqpEZeSlB/R3MB8GA1UdIwQYMBaAFBlYh0CqwkZDuDkoqqpE
-ZeSlB/R3MA8GA1UdEwEB/wQFMAMBAf8wCgYIKoZIzj0EAwIDSAAwRQIgXVEzdPjK
-PqaSxlQ79xcn+yaxm8Y72/xJAOlUffEy0T4CIQCAEBBBTIJsWOjaS2p8adL8fcJG
-yisyn2qgPNS2u8ZLjA==
------END CERTIFICATE-----
-";
-const KEY: &str = "-----BEGIN PRIVATE KEY-----
-MIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQgJVhiVHtbETACi7R1
-mc8PLY55uifkipiZyn98+CdPiauhRANCAASaOaaW9S/rKwXW0J9zsB2wA0ZguEs8
-CRfK4dEEfOG6gL23v+w5+Lp9ZFjbLhywuJKzElHOPj0GyqwxqG2EouEr
------END PRIVATE KEY-----
-";
+/// A self-signed certificate for gw.example.com and its key (shared with
+/// the kube crate's Secret tests).
+const CERT: &str = include_str!("../../../config/tests/fixtures/tls/gw.example.com.crt");
+const KEY: &str = include_str!("../../../config/tests/fixtures/tls/gw.example.com.key");
 /// Another self-signed certificate, as the client CA.
 const CLIENT_CA: &str = "-----BEGIN CERTIFICATE-----
 MIIBljCCAT2gAwIBAgIUbouWm846ZHPEQC9rCk08mBUEROswCgYIKoZIzj0EAwIw
@@ -309,6 +295,19 @@ fn servers_whose_secret_cannot_be_served_are_skipped() {
             "shop-cred"
         )))
     );
+
+    // A credentialName naming a CA Secret is refused as such.
+    let tls = sextant_api::networking::gateway::ServerTlsSettings {
+        mode: Some(sextant_api::networking::gateway::TlsMode::Simple),
+        credential_name: "shop-cred-cacert".into(),
+        ..Default::default()
+    };
+    let error = server_credentials(&m, &gateway(), &tls).unwrap_err();
+    assert_eq!(
+        error,
+        CredentialError::CaAsCertificate("shop-cred-cacert".into())
+    );
+    assert!(error.to_string().contains("names the CA Secret"), "{error}");
 
     // A gateway that did not prove its identity would never get the
     // Secrets: no server with credentialName for it.

@@ -114,7 +114,11 @@ fn prober(
         action.port = IntOrString::Int(resolve(&tcp.port, ports, &context("tcpSocket.port"))?);
         out.insert("tcpSocket".into(), to_value(&action));
     } else if let Some(grpc) = &probe.grpc {
-        out.insert("grpc".into(), to_value(grpc));
+        // A number in the API, but checked like the others: the agent
+        // reads ports as 1-65535 and refuses the whole env var otherwise.
+        let mut action = grpc.clone();
+        action.port = resolve(&IntOrString::Int(grpc.port), ports, &context("grpc.port"))?;
+        out.insert("grpc".into(), to_value(&action));
     } else {
         return Ok(None);
     }
@@ -234,5 +238,41 @@ mod tests {
             err.contains("container \"db\" livenessProbe.tcpSocket.port"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn grpc_ports_are_checked_like_the_others() {
+        let mut containers = vec![container(json!({
+            "name": "api",
+            "readinessProbe": {"grpc": {"port": 9090, "service": "health"}, "timeoutSeconds": 2},
+        }))];
+        let env = rewrite(&mut containers).unwrap().unwrap();
+        let env: Value = serde_json::from_str(&env).unwrap();
+        assert_eq!(
+            env["/app-health/api/readyz"],
+            json!({"grpc": {"port": 9090, "service": "health"}, "timeoutSeconds": 2})
+        );
+        assert_eq!(containers[0].readiness_probe.as_ref().unwrap().grpc, None);
+
+        for port in [0, -1, 65536, 70000] {
+            let mut containers = vec![container(json!({
+                "name": "api",
+                "readinessProbe": {"grpc": {"port": port}},
+            }))];
+            let before = containers.clone();
+            let err = rewrite(&mut containers).unwrap_err();
+            let message = err.to_string();
+            assert!(
+                message.contains("container \"api\" readinessProbe.grpc.port"),
+                "{port}: {message}"
+            );
+            assert!(message.contains(&port.to_string()), "{port}: {message}");
+            assert!(
+                message.contains("not a port (1-65535)"),
+                "{port}: {message}"
+            );
+            assert!(matches!(err, InjectError::Probe { .. }), "{port}: {err:?}");
+            assert_eq!(containers[0].readiness_probe, before[0].readiness_probe);
+        }
     }
 }

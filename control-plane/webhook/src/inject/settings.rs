@@ -11,6 +11,7 @@ use k8s_openapi::api::core::v1::ResourceRequirements;
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde_json::{Map, Value};
+use sextant_config::validation::fields::go_bool;
 
 use super::{
     HEALTH_PORT, INBOUND_CAPTURE_PORT, InjectConfig, InjectError, OUTBOUND_CAPTURE_PORT,
@@ -165,16 +166,6 @@ impl Settings {
             proxy_config,
             rewrite_probes,
         })
-    }
-}
-
-/// A boolean as Go's `strconv.ParseBool` reads it (Istio parses its
-/// boolean annotations so).
-fn go_bool(value: &str) -> Option<bool> {
-    match value {
-        "1" | "t" | "T" | "true" | "TRUE" | "True" => Some(true),
-        "0" | "f" | "F" | "false" | "FALSE" | "False" => Some(false),
-        _ => None,
     }
 }
 
