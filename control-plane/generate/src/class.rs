@@ -119,6 +119,9 @@ pub struct PartCache {
     /// The previous snapshot's parts, to keep the identity of equal ones;
     /// by key without labels, since which labels are read can change.
     previous: HashMap<ClassKey, Vec<Arc<Part>>>,
+    /// The previous snapshot's part of each exact key, which a changed
+    /// part of that key replaces (see [`Part::after`]).
+    replaced: HashMap<ClassKey, Arc<Part>>,
 }
 
 impl std::fmt::Debug for PartCache {
@@ -135,6 +138,7 @@ impl PartCache {
         PartCache {
             parts: Mutex::default(),
             previous: previous.built(),
+            replaced: previous.by_key(),
         }
     }
 
@@ -162,7 +166,17 @@ impl PartCache {
             let candidates = self.previous.get(&key.without_labels());
             let part = match candidates.and_then(|c| c.iter().find(|old| old.same_content(&part))) {
                 Some(old) => old.clone(),
-                None => Arc::new(part),
+                // The same key's part, or the only one of the key without
+                // labels (a selector that starts reading a label splits a
+                // class: each new class replaces the one before).
+                None => match self
+                    .replaced
+                    .get(&key)
+                    .or_else(|| candidates.filter(|c| c.len() == 1).map(|c| &c[0]))
+                {
+                    Some(base) => Arc::new(part.after(base)),
+                    None => Arc::new(part),
+                },
             };
             (part, extra)
         })
@@ -181,6 +195,15 @@ impl PartCache {
             }
         }
         out
+    }
+
+    /// Every part built so far, by its exact key.
+    fn by_key(&self) -> HashMap<ClassKey, Arc<Part>> {
+        let parts = self.parts.lock().unwrap_or_else(|e| e.into_inner());
+        parts
+            .iter()
+            .filter_map(|(key, cell)| Some((key.clone(), cell.get()?.0.clone())))
+            .collect()
     }
 
     /// How many classes have a part (for tests and metrics).
@@ -387,6 +410,7 @@ spec:
         let proxy = labelled("127.0.2.1", &[("app", "ratings")]);
         let eds = parts(&first, &proxy, type_url::ENDPOINT);
         let cds = parts(&first, &proxy, type_url::CLUSTER);
+        let routes = parts(&first, &proxy, type_url::ROUTE);
         // A new VirtualService changes routes only.
         apply(SOURCE_LABELS_VS);
         let second = MeshSnapshot::build_after(store.snapshot(), &first);
@@ -395,8 +419,33 @@ spec:
             &parts(&second, &proxy, type_url::CLUSTER).parts()[0],
             &cds.parts()[0]
         ));
-        let routes = parts(&first, &proxy, type_url::ROUTE);
-        assert!(!parts(&second, &proxy, type_url::ROUTE).same(&routes));
+        let new_routes = parts(&second, &proxy, type_url::ROUTE);
+        assert!(!new_routes.same(&routes));
+        assert!(
+            new_routes.parts()[0].replaces(&routes.parts()[0]),
+            "a changed part knows the part it replaces"
+        );
+        // An endpoint change: the new EDS part tells the one changed
+        // assignment, the same as a full comparison.
+        apply(&MESH.replace(
+            "127.0.2.1, labels: {app: ratings}",
+            "127.0.2.9, labels: {app: ratings}",
+        ));
+        let third = MeshSnapshot::build_after(store.snapshot(), &second);
+        let new_eds = parts(&third, &proxy, type_url::ENDPOINT);
+        assert!(new_eds.parts()[0].replaces(&eds.parts()[0]));
+        let diff = eds.diff(&new_eds);
+        let changed: Vec<&str> = diff.changed.iter().map(|r| r.name.as_str()).collect();
+        assert_eq!(
+            changed,
+            ["outbound|9080||ratings.default.svc.cluster.local"]
+        );
+        assert!(diff.removed.is_empty());
+        let unrelated =
+            sextant_xds::Generated::from(new_eds.sorted().into_iter().cloned().collect::<Vec<_>>());
+        let full = eds.diff(&unrelated);
+        assert_eq!(full.changed.len(), 1);
+        assert_eq!(full.changed[0], diff.changed[0]);
         // Without a previous snapshot, equal content is a new part.
         let fresh = MeshSnapshot::build(store.snapshot());
         assert!(!parts(&fresh, &proxy, type_url::ENDPOINT).same(&eds));

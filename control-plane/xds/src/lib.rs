@@ -36,6 +36,7 @@ pub mod identity;
 pub mod incoming;
 pub mod metrics;
 pub mod proxy;
+mod request;
 pub mod resource;
 pub mod server;
 mod sotw;

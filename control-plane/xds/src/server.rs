@@ -42,6 +42,7 @@ use crate::generator::{BoxError, Generator, ResourceRequest};
 use crate::identity::{self, Peer, Refusal, SpiffeId};
 use crate::metrics::Metrics;
 use crate::proxy::Proxy;
+use crate::request::SotwRequest;
 use crate::status::{ConnectionStatus, Nack, StatusHandle, StatusRegistry};
 use crate::subscription::Subscription;
 use crate::throttle::{PushSlot, PushSlots};
@@ -613,10 +614,9 @@ fn fetch<S: Send + Sync + 'static>(
         .map_err(|e| Status::internal(format!("generating {type_url}: {e}")))?;
     Ok(DiscoveryResponse {
         version_info: push.version.clone(),
-        resources: resources
-            .sorted()
+        resources: subscription
+            .select(resources.sorted())
             .into_iter()
-            .filter(|r| subscription.matches(&r.name))
             .map(|r| r.body.clone())
             .collect(),
         type_url,
@@ -660,9 +660,12 @@ macro_rules! standalone {
                 request: Request<Streaming<DiscoveryRequest>>,
             ) -> Result<Response<SotwStream>, Status> {
                 let peer = self.0.authenticate(&request, Self::SERVICE)?;
+                let requests = request
+                    .into_inner()
+                    .map(|r| r.and_then(|r| SotwRequest::from_message(&r)));
                 Ok(Response::new(sotw_messages(sotw::spawn(
                     self.0.clone(),
-                    request.into_inner(),
+                    requests,
                     Self::SERVICE,
                     peer,
                 ))))

@@ -9,7 +9,7 @@
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 
-use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
+use envoy_types::pb::envoy::service::discovery::v3::DiscoveryResponse;
 use tokio::sync::mpsc;
 use tokio_stream::{Stream, StreamExt};
 use tonic::Status;
@@ -18,6 +18,7 @@ use tracing::Instrument;
 use crate::generated::Generated;
 use crate::identity::Peer;
 use crate::proxy::Proxy;
+use crate::request::SotwRequest;
 use crate::resource::Resource;
 use crate::server::{Conn, Push, Service, Shared, Stop};
 use crate::subscription::Subscription;
@@ -36,6 +37,10 @@ struct TypeState {
     sent: Generated,
     /// Newly subscribed names, to send even if unchanged since `sent`.
     added: BTreeSet<String>,
+    /// The digest of the names the latest request that counted stated
+    /// (see [`SotwRequest::names_digest`]): the usual request repeats
+    /// them, and is then told without reading a name.
+    names_digest: Option<u64>,
     /// The latest response's nonce.
     nonce: String,
     /// (nonce, version) of responses not yet answered.
@@ -54,7 +59,7 @@ pub(crate) fn spawn<S, R>(
 ) -> mpsc::Receiver<Result<Outgoing, Status>>
 where
     S: Send + Sync + 'static,
-    R: Stream<Item = Result<DiscoveryRequest, Status>> + Unpin + Send + 'static,
+    R: Stream<Item = Result<SotwRequest, Status>> + Unpin + Send + 'static,
 {
     let (tx, rx) = mpsc::channel(shared.options.send_queue.max(1));
     tokio::spawn(run(shared, requests, tx, service, peer));
@@ -69,7 +74,7 @@ async fn run<S, R>(
     peer: Peer,
 ) where
     S: Send + Sync + 'static,
-    R: Stream<Item = Result<DiscoveryRequest, Status>> + Unpin,
+    R: Stream<Item = Result<SotwRequest, Status>> + Unpin,
 {
     let first = match requests.next().await {
         Some(Ok(request)) => request,
@@ -126,9 +131,9 @@ struct SotwStream<S> {
 }
 
 impl<S: Send + Sync + 'static> SotwStream<S> {
-    async fn serve<R>(&mut self, first: DiscoveryRequest, requests: &mut R) -> Stop
+    async fn serve<R>(&mut self, first: SotwRequest, requests: &mut R) -> Stop
     where
-        R: Stream<Item = Result<DiscoveryRequest, Status>> + Unpin,
+        R: Stream<Item = Result<SotwRequest, Status>> + Unpin,
     {
         let mut snapshots = self.conn.shared.snapshots.subscribe();
         let mut shutdown = self.conn.shared.shutdown.subscribe();
@@ -170,7 +175,7 @@ impl<S: Send + Sync + 'static> SotwStream<S> {
         }
     }
 
-    async fn handle(&mut self, request: DiscoveryRequest) -> Result<(), Stop> {
+    async fn handle(&mut self, request: SotwRequest) -> Result<(), Stop> {
         let type_url = self
             .service
             .resolve(&request.type_url)
@@ -182,16 +187,22 @@ impl<S: Send + Sync + 'static> SotwStream<S> {
         if request.response_nonce.is_empty() || !answered {
             // The first request for this type on this stream (or the proxy
             // lost track of it): send everything it asks for.
+            let names = request.names().map_err(Stop::Invalid)?;
             let previous = self.types.get(&type_url).map(|t| t.subscription.clone());
             let state = self.types.entry(type_url.clone()).or_default();
-            state.subscription = Subscription::sotw(previous.as_ref(), &request.resource_names);
+            state.subscription = Subscription::sotw(previous.as_ref(), &names);
+            state.names_digest = Some(request.names_digest());
             state.sent = Generated::new();
             state.added.clear();
             let subscription = state.subscription.clone();
             self.conn
                 .status
                 .update_type(&type_url, |t| t.subscription = subscription);
-            tracing::debug!(r#type = type_url::short_name(&type_url), names = ?request.resource_names, "subscribed");
+            tracing::debug!(
+                r#type = type_url::short_name(&type_url),
+                names = names.len(),
+                "subscribed"
+            );
             return self.respond(&type_url, true).await.map(drop);
         }
 
@@ -229,7 +240,13 @@ impl<S: Send + Sync + 'static> SotwStream<S> {
             tracing::debug!(r#type = type_url::short_name(&type_url), nonce = %request.response_nonce, latest = %state.nonce, "request for a superseded response: subscription left as is");
             return Ok(());
         }
-        let subscription = Subscription::sotw(Some(&state.subscription), &request.resource_names);
+        if state.names_digest == Some(request.names_digest()) {
+            // The list the subscription was made from (a plain ACK or NACK).
+            return Ok(());
+        }
+        let names = request.names().map_err(Stop::Invalid)?;
+        let subscription = Subscription::sotw(Some(&state.subscription), &names);
+        state.names_digest = Some(request.names_digest());
         let resubscribed = subscription != state.subscription;
         if resubscribed {
             // Newly named resources must be sent even if sent before.
@@ -250,7 +267,11 @@ impl<S: Send + Sync + 'static> SotwStream<S> {
         self.conn
             .status
             .update_type(&type_url, |t| t.subscription = subscription);
-        tracing::debug!(r#type = type_url::short_name(&type_url), names = ?request.resource_names, "resubscribed");
+        tracing::debug!(
+            r#type = type_url::short_name(&type_url),
+            names = request.names_len(),
+            "resubscribed"
+        );
         self.respond(&type_url, false).await.map(drop)
     }
 
@@ -292,17 +313,11 @@ impl<S: Send + Sync + 'static> SotwStream<S> {
         let subscription = &state.subscription;
         let full_state = type_url::requires_full_state(type_url) || subscription.wildcard;
         let diff = state.sent.diff(&generated);
-        let mut changed: Vec<&Resource> = diff
-            .changed
-            .into_iter()
-            .filter(|r| subscription.matches(&r.name))
-            .collect();
-        for name in &state.added {
-            if let Some(resource) = generated.get(name)
-                && !changed.iter().any(|r| r.name == *name)
-            {
-                changed.push(resource);
-            }
+        let mut changed: Vec<&Resource> = subscription.select(diff.changed);
+        if !state.added.is_empty() {
+            changed.extend(state.added.iter().filter_map(|name| generated.get(name)));
+            changed.sort_by(|a, b| a.name.cmp(&b.name));
+            changed.dedup_by(|a, b| a.name == b.name);
         }
         let any_removed = diff.removed.iter().any(|n| subscription.matches(n));
         if !(force || !changed.is_empty() || (full_state && any_removed)) {
@@ -314,10 +329,9 @@ impl<S: Send + Sync + 'static> SotwStream<S> {
         }
         self.conn.slot.take().await;
         let resources: Vec<_> = if full_state {
-            generated
-                .sorted()
+            subscription
+                .select(generated.sorted())
                 .into_iter()
-                .filter(|r| subscription.matches(&r.name))
                 .cloned()
                 .collect()
         } else {

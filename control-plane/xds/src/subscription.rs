@@ -198,6 +198,45 @@ impl Subscription {
         self.wildcard || self.names.contains(name)
     }
 
+    /// The resources of a name-sorted list that the subscription matches,
+    /// in one merge pass over the list and the (sorted) names: a sidecar's
+    /// EDS response filters 3,000 resources by 3,000 names, and a tree
+    /// lookup per resource was a tenth of the server's work at connect.
+    pub(crate) fn select<'a, R>(&self, sorted: Vec<&'a R>) -> Vec<&'a R>
+    where
+        R: std::ops::Deref<Target = crate::resource::ResourceData>,
+    {
+        if self.wildcard {
+            return sorted;
+        }
+        if sorted.len().saturating_mul(16) < self.names.len() {
+            // A few resources (a change): a lookup each beats walking
+            // thousands of names.
+            let mut sorted = sorted;
+            sorted.retain(|r| self.names.contains(&r.name));
+            return sorted;
+        }
+        let mut out = Vec::with_capacity(self.names.len().min(sorted.len()));
+        let mut names = self.names.iter().peekable();
+        'resources: for resource in sorted {
+            while let Some(name) = names.peek() {
+                match name.as_str().cmp(resource.name.as_str()) {
+                    std::cmp::Ordering::Less => {
+                        names.next();
+                    }
+                    std::cmp::Ordering::Equal => {
+                        out.push(resource);
+                        names.next();
+                        continue 'resources;
+                    }
+                    std::cmp::Ordering::Greater => continue 'resources,
+                }
+            }
+            break;
+        }
+        out
+    }
+
     /// The generator's hint: `None` for wildcard.
     pub(crate) fn hint(&self) -> Option<&BTreeSet<String>> {
         (!self.wildcard).then_some(&*self.names)
@@ -251,6 +290,60 @@ mod tests {
         drop((a, b, again));
         let fresh = Subscription::sotw(None, &list);
         assert!(fresh.matches("outbound|80||a"), "a dead entry is rebuilt");
+    }
+
+    #[test]
+    fn select_keeps_the_named_resources_of_a_sorted_list() {
+        let resource = |name: &str| {
+            crate::resource::Resource::new(
+                name,
+                &envoy_types::pb::envoy::config::cluster::v3::Cluster {
+                    name: name.into(),
+                    ..Default::default()
+                },
+            )
+        };
+        let all: Vec<_> = ["a", "b", "ba", "c", "d", "e"]
+            .into_iter()
+            .map(resource)
+            .collect();
+        let sorted: Vec<_> = all.iter().collect();
+        let picked = |s: &Subscription| -> Vec<String> {
+            s.select(sorted.clone())
+                .into_iter()
+                .map(|r| r.name.clone())
+                .collect()
+        };
+        // Names before, between and after the resources, and missing ones.
+        let named = Subscription::sotw(None, &names(&["0", "b", "bb", "d", "e", "z"]));
+        assert_eq!(picked(&named), ["b", "d", "e"]);
+        assert_eq!(
+            picked(&named),
+            all.iter()
+                .filter(|r| named.matches(&r.name))
+                .map(|r| r.name.clone())
+                .collect::<Vec<_>>(),
+            "select agrees with matches"
+        );
+        let wildcard = Subscription::sotw(None, &[]);
+        assert_eq!(picked(&wildcard).len(), 6);
+        let none = Subscription::sotw(Some(&named), &[]);
+        assert!(picked(&none).is_empty());
+        let last = Subscription::sotw(None, &names(&["e"]));
+        assert_eq!(picked(&last), ["e"]);
+        // Few resources against many names takes the lookup path.
+        let many: Vec<String> = (0..200)
+            .map(|i| format!("n{i:03}"))
+            .chain(["b".to_string()])
+            .collect();
+        let many = Subscription::sotw(None, &many);
+        let few = vec![&all[1], &all[3]];
+        let kept: Vec<&str> = many
+            .select(few)
+            .into_iter()
+            .map(|r| r.name.as_str())
+            .collect();
+        assert_eq!(kept, ["b"]);
     }
 
     #[test]

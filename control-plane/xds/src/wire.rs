@@ -23,8 +23,7 @@ use std::task::{Context, Poll};
 
 use bytes::{BufMut, Bytes, BytesMut};
 use envoy_types::pb::envoy::service::discovery::v3::{
-    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
-    Resource as DeltaResource,
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryResponse, Resource as DeltaResource,
 };
 use http_body::{Body as _, Frame};
 use prost::Message;
@@ -35,6 +34,7 @@ use tonic::body::Body;
 use tonic::codegen::http;
 use tonic::server::NamedService;
 
+use crate::request::SotwRequest;
 use crate::resource::Resource;
 use crate::server::{Service, Shared};
 use crate::{delta, sotw};
@@ -265,6 +265,30 @@ impl http_body::Body for ResponseBody {
 /// keeps a buffer the size of the largest request for the life of the
 /// stream (a SotW EDS request names every cluster: 150 KB at 1,000
 /// services, per stream); this one lets it go once drained.
+/// A request message as [`Requests`] decodes it from one gRPC frame.
+pub(crate) trait FromFrame: Sized {
+    fn from_frame(body: Bytes) -> Result<Self, prost::DecodeError>;
+}
+
+impl FromFrame for SotwRequest {
+    fn from_frame(body: Bytes) -> Result<Self, prost::DecodeError> {
+        SotwRequest::decode(body)
+    }
+}
+
+impl FromFrame for DeltaDiscoveryRequest {
+    fn from_frame(body: Bytes) -> Result<Self, prost::DecodeError> {
+        DeltaDiscoveryRequest::decode(body)
+    }
+}
+
+#[cfg(test)]
+impl FromFrame for envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest {
+    fn from_frame(body: Bytes) -> Result<Self, prost::DecodeError> {
+        Self::decode(body)
+    }
+}
+
 pub(crate) struct Requests<M> {
     body: Body,
     buf: BytesMut,
@@ -272,7 +296,7 @@ pub(crate) struct Requests<M> {
     _message: std::marker::PhantomData<fn() -> M>,
 }
 
-impl<M: Message + Default> Requests<M> {
+impl<M: FromFrame> Requests<M> {
     pub(crate) fn new(body: Body) -> Requests<M> {
         Requests {
             body,
@@ -302,18 +326,18 @@ impl<M: Message + Default> Requests<M> {
             self.buf.reserve(5 + len - self.buf.len());
             return Ok(None);
         }
-        let frame = self.buf.split_to(5 + len);
+        let frame = self.buf.split_to(5 + len).freeze();
         if self.buf.is_empty() {
             // Drop the (shared) allocation with the frame.
             self.buf = BytesMut::new();
         }
-        M::decode(&frame[5..])
+        M::from_frame(frame.slice(5..))
             .map(Some)
             .map_err(|e| Status::invalid_argument(format!("decoding a request: {e}")))
     }
 }
 
-impl<M: Message + Default> tokio_stream::Stream for Requests<M> {
+impl<M: FromFrame> tokio_stream::Stream for Requests<M> {
     type Item = Result<M, Status>;
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<M, Status>>> {
@@ -399,7 +423,7 @@ impl<S: Send + Sync + 'static> AdsService<S> {
             Err(status) => return status.into_http(),
         };
         let rx = if sotw {
-            let requests = Requests::<DiscoveryRequest>::new(body);
+            let requests = Requests::<SotwRequest>::new(body);
             sotw::spawn(self.0.clone(), requests, Service::ADS, peer)
         } else {
             let requests = Requests::<DeltaDiscoveryRequest>::new(body);
@@ -419,6 +443,7 @@ mod tests {
     use super::*;
     use envoy_types::pb::envoy::config::cluster::v3::Cluster;
     use envoy_types::pb::envoy::config::core::v3::ControlPlane;
+    use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
     use http_body_util::BodyExt;
 
     fn clusters(n: usize, size: usize) -> Vec<Resource> {
