@@ -217,7 +217,7 @@ impl PartCache {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::collections::BTreeMap;
 
     use sextant_config::object::{documents, parse};
@@ -268,7 +268,7 @@ spec:
   - route: [{destination: {host: reviews, subset: v1}}]
 "#;
 
-    fn labelled(ip: &str, labels: &[(&str, &str)]) -> Proxy {
+    pub(crate) fn labelled(ip: &str, labels: &[(&str, &str)]) -> Proxy {
         let mut proxy = sidecar("default");
         proxy.ip_addresses = vec![ip.parse().unwrap()];
         proxy.id = format!(

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use sextant_xds::type_url;
-use sextant_xds::{BoxError, Generated, Generator, Proxy, Resource, ResourceRequest};
+use sextant_xds::{BoxError, Generated, Generator, Part, Proxy, Resource, ResourceRequest};
 
 use crate::class::ClassKey;
 use crate::mesh::MeshSnapshot;
@@ -44,9 +44,7 @@ impl Generator<MeshSnapshot> for IstioGenerator {
         match request.type_url {
             type_url::CLUSTER => match ClassKey::of(mesh, proxy, type_url::CLUSTER) {
                 Some(key) => {
-                    let shared = mesh.parts.get_or_build(key, || {
-                        resources(cluster::shared_clusters(mesh, proxy), |c| &c.name)
-                    });
+                    let shared = shared_clusters(mesh, proxy, key);
                     let own = cluster::own_clusters(mesh, proxy, |name| shared.get(name).is_some());
                     out.push_shared(shared);
                     out.push(resources(own, |c| &c.name));
@@ -70,15 +68,7 @@ impl Generator<MeshSnapshot> for IstioGenerator {
             type_url::LISTENER => {
                 let class = ClassKey::of(mesh, proxy, type_url::LISTENER);
                 let split = class.and_then(|key| {
-                    let (part, slots) = mesh.parts.get_or_build_with(key, || {
-                        match listener::shared_listeners(mesh, proxy) {
-                            Some((shared, slots)) => (
-                                resources(shared, |l| &l.name),
-                                Some(Arc::new(slots) as crate::class::Extra),
-                            ),
-                            None => (Vec::new(), None),
-                        }
-                    });
+                    let (part, slots) = shared_listeners(mesh, proxy, key);
                     let slots = slots?;
                     let slots = slots.downcast_ref::<Vec<listener::Slot>>()?;
                     let own = listener::own_listeners(mesh, proxy, slots)?;
@@ -99,6 +89,65 @@ impl Generator<MeshSnapshot> for IstioGenerator {
         }
         Ok(out)
     }
+
+    /// A sidecar whose own clusters and listeners the new snapshot leaves
+    /// as they were ([`MeshSnapshot::own_unchanged_since`]: an endpoint
+    /// change elsewhere) keeps its own parts from `sent`, as long as the
+    /// shared part they were built beside is still the same.
+    fn generate_since(
+        &self,
+        mesh: &MeshSnapshot,
+        proxy: &Proxy,
+        request: &ResourceRequest<'_>,
+        previous: &MeshSnapshot,
+        sent: &Generated,
+    ) -> Result<Generated, BoxError> {
+        let own_types: [&'static str; 2] = [type_url::CLUSTER, type_url::LISTENER];
+        if let Some(type_url) = own_types.into_iter().find(|t| *t == request.type_url)
+            && mesh.own_unchanged_since(previous, proxy)
+            && let Some(key) = ClassKey::of(mesh, proxy, type_url)
+        {
+            let shared = match type_url {
+                type_url::CLUSTER => shared_clusters(mesh, proxy, key),
+                _ => shared_listeners(mesh, proxy, key).0,
+            };
+            if let Some((first, own)) = sent.parts().split_first()
+                && Arc::ptr_eq(first, &shared)
+            {
+                let mut out = Generated::new();
+                out.push_shared(shared);
+                for part in own {
+                    out.push_shared(part.clone());
+                }
+                return Ok(out);
+            }
+        }
+        self.generate_parts(mesh, proxy, request)
+    }
+}
+
+/// The outbound clusters of a sidecar's class.
+fn shared_clusters(mesh: &MeshSnapshot, proxy: &Proxy, key: ClassKey) -> Arc<Part> {
+    mesh.parts.get_or_build(key, || {
+        resources(cluster::shared_clusters(mesh, proxy), |c| &c.name)
+    })
+}
+
+/// The listeners a sidecar's class shares, with where the proxy's own
+/// listeners go among them (`None`: the proxy's listeners cannot be split).
+fn shared_listeners(
+    mesh: &MeshSnapshot,
+    proxy: &Proxy,
+    key: ClassKey,
+) -> (Arc<Part>, Option<crate::class::Extra>) {
+    mesh.parts
+        .get_or_build_with(key, || match listener::shared_listeners(mesh, proxy) {
+            Some((shared, slots)) => (
+                resources(shared, |l| &l.name),
+                Some(Arc::new(slots) as crate::class::Extra),
+            ),
+            None => (Vec::new(), None),
+        })
 }
 
 /// Packs generated messages as resources under their names.
@@ -146,6 +195,25 @@ impl Generator<MeshSnapshot> for Translation {
     ) -> Result<Generated, BoxError> {
         match self {
             Translation::Istio => IstioGenerator.generate_parts(mesh, proxy, request),
+            Translation::PassThrough => {
+                crate::PassThrough.generate_parts(&mesh.config, proxy, request)
+            }
+        }
+    }
+
+    /// Forwarded for the same reason.
+    fn generate_since(
+        &self,
+        mesh: &MeshSnapshot,
+        proxy: &Proxy,
+        request: &ResourceRequest<'_>,
+        previous: &MeshSnapshot,
+        sent: &Generated,
+    ) -> Result<Generated, BoxError> {
+        match self {
+            Translation::Istio => {
+                IstioGenerator.generate_since(mesh, proxy, request, previous, sent)
+            }
             Translation::PassThrough => {
                 crate::PassThrough.generate_parts(&mesh.config, proxy, request)
             }

@@ -22,6 +22,7 @@ pub mod names;
 pub mod passthrough;
 pub mod peer_authentication;
 pub mod route;
+pub mod scope;
 mod services;
 
 pub use istio::IstioGenerator;

@@ -20,6 +20,7 @@ use sextant_config::store::ConfigSnapshot;
 use sextant_xds::Proxy;
 
 use crate::class::PartCache;
+use crate::scope::EndpointScope;
 use crate::services::Protocol;
 
 /// Istio's root namespace: mesh-wide Sidecar and DestinationRule defaults
@@ -146,6 +147,11 @@ impl<T> Copy for Named<'_, T> {}
 #[derive(Debug, Default)]
 pub struct MeshSnapshot {
     pub version: u64,
+    /// Unique per snapshot built in this process (0: a default one).
+    id: u64,
+    /// What changed since the snapshot this one was built after, if only
+    /// endpoints did (see [`crate::scope`]).
+    scope: Option<EndpointScope>,
     pub config: ConfigSnapshot,
     /// Sorted by hostname, then namespace.
     pub services: Vec<MeshService>,
@@ -392,8 +398,11 @@ macro_rules! typed_iter {
 impl MeshSnapshot {
     /// Builds the registry and indexes from a config snapshot.
     pub fn build(config: ConfigSnapshot) -> MeshSnapshot {
+        static IDS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
         let mut mesh = MeshSnapshot {
             version: config.version,
+            id: IDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            scope: None,
             rules: RuleIndex::build(&config),
             config,
             services: Vec::new(),
@@ -428,7 +437,31 @@ impl MeshSnapshot {
     pub fn build_after(config: ConfigSnapshot, previous: &MeshSnapshot) -> MeshSnapshot {
         let mut mesh = MeshSnapshot::build(config);
         mesh.parts = PartCache::after(&previous.parts);
+        mesh.scope = EndpointScope::between(previous, &mesh);
         mesh
+    }
+
+    /// Unique per snapshot built in this process.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// What changed since the snapshot this one was built after, if only
+    /// endpoints did.
+    pub fn scope(&self) -> Option<&EndpointScope> {
+        self.scope.as_ref()
+    }
+
+    /// Whether `proxy`'s own resources (its inbound clusters and
+    /// listeners) are the same here as in `previous`: the same snapshot,
+    /// or the next one after an endpoint change that does not concern the
+    /// proxy (see [`crate::scope`]).
+    pub fn own_unchanged_since(&self, previous: &MeshSnapshot, proxy: &Proxy) -> bool {
+        std::ptr::eq(self, previous)
+            || self
+                .scope
+                .as_ref()
+                .is_some_and(|scope| scope.leaves(previous, proxy))
     }
 
     /// Label keys outbound generation reads from proxies.

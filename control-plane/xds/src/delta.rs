@@ -43,8 +43,17 @@ struct TypeState {
     initial: Option<BTreeMap<String, String>>,
     /// Names to send even if unchanged since `sent` (subscribed again).
     resend: BTreeSet<String>,
+    /// Whether `sent` was generated from the snapshot the stream is on
+    /// (not so after a failed generation): only then may the generator
+    /// build on it (see [`crate::Generator::generate_since`]).
+    current: bool,
     /// Subscribed names already reported as not existing.
     absent: BTreeSet<String>,
+    /// Whether the subscription changed since the subscribed names were
+    /// last checked against the answer (for names that do not exist): a
+    /// sidecar names 3,000 clusters, and looking each up on every push was
+    /// most of the work of an endpoint change.
+    check_absent: bool,
     /// (nonce, system version) of responses not yet answered.
     outstanding: VecDeque<(String, String)>,
     acked_version: String,
@@ -219,6 +228,7 @@ impl<S: Send + Sync + 'static> DeltaStream<S> {
         let state = self.types.get_mut(&type_url).expect("type state");
         let respond = if first {
             state.subscription = Subscription::delta_initial(&request.resource_names_subscribe);
+            state.check_absent = true;
             // What the proxy kept from an earlier stream: not resent if
             // unchanged.
             let subscription = &state.subscription;
@@ -248,6 +258,8 @@ impl<S: Send + Sync + 'static> DeltaStream<S> {
                 state.resend.insert(name.clone());
                 state.absent.remove(name);
             }
+            state.check_absent |= !request.resource_names_subscribe.is_empty()
+                || !request.resource_names_unsubscribe.is_empty();
             state.subscription.delta_update(
                 &request.resource_names_subscribe,
                 &request.resource_names_unsubscribe,
@@ -275,7 +287,13 @@ impl<S: Send + Sync + 'static> DeltaStream<S> {
     }
 
     async fn on_push(&mut self, push: Arc<Push<S>>) -> Result<(), Stop> {
-        self.conn.push = push.clone();
+        self.conn.previous = Some(std::mem::replace(&mut self.conn.push, push.clone()));
+        let result = self.push_all(push).await;
+        self.conn.previous = None;
+        result
+    }
+
+    async fn push_all(&mut self, push: Arc<Push<S>>) -> Result<(), Stop> {
         let span = tracing::debug_span!("push", version = %push.version);
         async {
             let mut order: Vec<String> = self.types.keys().cloned().collect();
@@ -302,14 +320,20 @@ impl<S: Send + Sync + 'static> DeltaStream<S> {
     /// which Envoy waits for to finish initializing).
     async fn respond(&mut self, type_url: &str, force: bool) -> Result<bool, Stop> {
         let state = self.types.get_mut(type_url).expect("subscribed type");
-        let Some(generated) = self.conn.generate(type_url, &state.subscription) else {
+        let sent = state.current.then_some(&state.sent);
+        let Some(generated) = self.conn.generate(type_url, &state.subscription, sent) else {
+            state.current = false;
             return Ok(false);
         };
+        state.current = true;
         let initial = state.initial.take();
         if !force && initial.is_none() && state.resend.is_empty() && generated.same(&state.sent) {
             return Ok(false);
         }
         let subscription = &state.subscription;
+        // Whether the answer's names changed (then a subscribed name may
+        // have appeared or gone).
+        let mut names_changed = true;
         let (mut changed, mut removed): (Vec<_>, Vec<String>) = match &initial {
             // What the proxy kept from an earlier stream is not resent if
             // unchanged.
@@ -327,6 +351,8 @@ impl<S: Send + Sync + 'static> DeltaStream<S> {
             ),
             None => {
                 let diff = state.sent.diff(&generated);
+                names_changed = !diff.removed.is_empty()
+                    || diff.changed.iter().any(|r| !state.sent.contains(&r.name));
                 (
                     diff.changed
                         .into_iter()
@@ -357,10 +383,13 @@ impl<S: Send + Sync + 'static> DeltaStream<S> {
         }
         // Named and missing: say so once, so the proxy need not wait for a
         // timeout.
-        for name in subscription.names.iter() {
-            if !generated.contains(name) && state.absent.insert(name.clone()) {
-                removed.push(name.clone());
+        if names_changed || state.check_absent {
+            for name in subscription.names.iter() {
+                if !generated.contains(name) && state.absent.insert(name.clone()) {
+                    removed.push(name.clone());
+                }
             }
+            state.check_absent = false;
         }
         if !force && changed.is_empty() && removed.is_empty() {
             state.sent = generated;

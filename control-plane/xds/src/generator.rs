@@ -49,6 +49,25 @@ pub trait Generator<S>: Send + Sync + 'static {
     ) -> Result<Generated, BoxError> {
         Ok(Generated::from(self.generate(snapshot, proxy, request)?))
     }
+
+    /// [`Generator::generate_parts`] for a stream moving to `snapshot`
+    /// from `previous`, for which it was sent `sent` (the unfiltered answer
+    /// for this proxy and type). A generator that knows what a snapshot
+    /// changed may hand back parts of `sent` it would only rebuild
+    /// unchanged (Istio's scoped pushes: an endpoint change need not
+    /// rebuild every sidecar's inbound side); it must answer exactly what
+    /// `generate_parts` would. The default ignores the hint.
+    fn generate_since(
+        &self,
+        snapshot: &S,
+        proxy: &Proxy,
+        request: &ResourceRequest<'_>,
+        previous: &S,
+        sent: &Generated,
+    ) -> Result<Generated, BoxError> {
+        let _ = (previous, sent);
+        self.generate_parts(snapshot, proxy, request)
+    }
 }
 
 impl<S, F> Generator<S> for F

@@ -147,14 +147,24 @@ impl<S: Send + Sync + 'static> Shared<S> {
         proxy: &Proxy,
         type_url: &str,
         subscription: &Subscription,
+        since: Option<(&Push<S>, &Generated)>,
     ) -> Result<Generated, BoxError> {
         let request = ResourceRequest {
             type_url,
             names: subscription.hint(),
         };
-        let generated = self
-            .generator
-            .generate_parts(&push.snapshot, proxy, &request)?;
+        let generated = match since {
+            Some((previous, sent)) => self.generator.generate_since(
+                &push.snapshot,
+                proxy,
+                &request,
+                &previous.snapshot,
+                sent,
+            )?,
+            None => self
+                .generator
+                .generate_parts(&push.snapshot, proxy, &request)?,
+        };
         // One resource per part is enough to catch a generator answering
         // the wrong type (parts are built by one function each).
         for part in generated.parts() {
@@ -430,6 +440,10 @@ pub(crate) struct Conn<S> {
     pub status: StatusHandle,
     /// The snapshot this stream is on.
     pub push: Arc<Push<S>>,
+    /// While a new snapshot is being pushed: the one the stream was on,
+    /// from which its answers were generated (see
+    /// [`Generator::generate_since`]).
+    pub previous: Option<Arc<Push<S>>>,
     nonces: u64,
     /// Types whose latest answer is a NACK (for the reject gauges).
     nacking: BTreeSet<String>,
@@ -460,6 +474,7 @@ impl<S: Send + Sync + 'static> Conn<S> {
                 proxy,
                 status,
                 push,
+                previous: None,
                 nonces: 0,
                 nacking: BTreeSet::new(),
                 slot,
@@ -475,14 +490,18 @@ impl<S: Send + Sync + 'static> Conn<S> {
 
     /// Generates one type for this proxy from the stream's snapshot; a
     /// failure is logged and counted, and the type is left as it was.
+    /// `sent` is what the stream holds of the type if it was generated
+    /// from the snapshot the stream is moving from.
     pub(crate) fn generate(
         &self,
         type_url: &str,
         subscription: &Subscription,
+        sent: Option<&Generated>,
     ) -> Option<Generated> {
+        let since = self.previous.as_deref().zip(sent);
         match self
             .shared
-            .generate(&self.push, &self.proxy, type_url, subscription)
+            .generate(&self.push, &self.proxy, type_url, subscription, since)
         {
             Ok(resources) => Some(resources),
             Err(error) => {
@@ -610,7 +629,7 @@ fn fetch<S: Send + Sync + 'static>(
     let subscription = Subscription::sotw(None, &request.resource_names);
     let push = shared.snapshots.borrow().clone();
     let resources = shared
-        .generate(&push, &proxy, &type_url, &subscription)
+        .generate(&push, &proxy, &type_url, &subscription, None)
         .map_err(|e| Status::internal(format!("generating {type_url}: {e}")))?;
     Ok(DiscoveryResponse {
         version_info: push.version.clone(),

@@ -37,6 +37,10 @@ struct TypeState {
     sent: Generated,
     /// Newly subscribed names, to send even if unchanged since `sent`.
     added: BTreeSet<String>,
+    /// Whether `sent` was generated from the snapshot the stream is on
+    /// (not so after a failed generation): only then may the generator
+    /// build on it (see [`crate::Generator::generate_since`]).
+    current: bool,
     /// The digest of the names the latest request that counted stated
     /// (see [`SotwRequest::names_digest`]): the usual request repeats
     /// them, and is then told without reading a name.
@@ -278,7 +282,13 @@ impl<S: Send + Sync + 'static> SotwStream<S> {
     /// A new snapshot: every subscribed type, in warming-safe order, sends
     /// what changed.
     async fn on_push(&mut self, push: Arc<Push<S>>) -> Result<(), Stop> {
-        self.conn.push = push.clone();
+        self.conn.previous = Some(std::mem::replace(&mut self.conn.push, push.clone()));
+        let result = self.push_all(push).await;
+        self.conn.previous = None;
+        result
+    }
+
+    async fn push_all(&mut self, push: Arc<Push<S>>) -> Result<(), Stop> {
         let span = tracing::debug_span!("push", version = %push.version);
         async {
             let mut order: Vec<String> = self.types.keys().cloned().collect();
@@ -304,9 +314,12 @@ impl<S: Send + Sync + 'static> SotwStream<S> {
     /// whether a response was sent.
     async fn respond(&mut self, type_url: &str, force: bool) -> Result<bool, Stop> {
         let state = self.types.get_mut(type_url).expect("subscribed type");
-        let Some(generated) = self.conn.generate(type_url, &state.subscription) else {
+        let sent = state.current.then_some(&state.sent);
+        let Some(generated) = self.conn.generate(type_url, &state.subscription, sent) else {
+            state.current = false;
             return Ok(false);
         };
+        state.current = true;
         if !force && state.added.is_empty() && generated.same(&state.sent) {
             return Ok(false);
         }

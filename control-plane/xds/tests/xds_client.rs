@@ -466,6 +466,24 @@ async fn delta_named_subscriptions() {
         delta_contents(&pushed),
         map(&[("c2", "changed"), ("missing", "here now")])
     );
+    client.ack(&pushed).await;
+
+    // An unrelated change says nothing of names; "missing" going again
+    // is reported.
+    let mut w = world();
+    w.set(ENDPOINT, "c2", "changed again");
+    w.set(ENDPOINT, "missing", "here now");
+    server.set(w);
+    let pushed = client.recv().await;
+    assert_eq!(delta_contents(&pushed), map(&[("c2", "changed again")]));
+    assert!(pushed.removed_resources.is_empty());
+    client.ack(&pushed).await;
+    let mut w = world();
+    w.set(ENDPOINT, "c2", "changed again");
+    server.set(w);
+    let pushed = client.recv().await;
+    assert!(delta_contents(&pushed).is_empty());
+    assert_eq!(pushed.removed_resources, names(&["missing"]));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
