@@ -149,6 +149,20 @@ impl PartCache {
         self.get_or_build_with(key, || (build(), None)).0
     }
 
+    /// [`PartCache::get_or_build`] for a part the changes since the
+    /// previous snapshot cannot have touched (routes after an
+    /// endpoint-only change: no route reads an endpoint): the previous
+    /// snapshot's part of the same key, built only if there is none.
+    pub fn get_or_carry(&self, key: ClassKey, build: impl FnOnce() -> Vec<Resource>) -> Arc<Part> {
+        self.cell(&key)
+            .get_or_init(|| match self.replaced.get(&key) {
+                Some(part) => (part.clone(), None),
+                None => self.fresh(&key, build(), None),
+            })
+            .0
+            .clone()
+    }
+
     /// [`PartCache::get_or_build`] with something the builder leaves
     /// beside the part.
     pub fn get_or_build_with(
@@ -156,31 +170,45 @@ impl PartCache {
         key: ClassKey,
         build: impl FnOnce() -> (Vec<Resource>, Option<Extra>),
     ) -> (Arc<Part>, Option<Extra>) {
-        let cell = {
-            let mut parts = self.parts.lock().unwrap_or_else(|e| e.into_inner());
-            parts.entry(key.clone()).or_default().clone()
+        self.cell(&key)
+            .get_or_init(|| {
+                let (resources, extra) = build();
+                self.fresh(&key, resources, extra)
+            })
+            .clone()
+    }
+
+    /// The cell of a key, created empty if new.
+    fn cell(&self, key: &ClassKey) -> Cell {
+        let mut parts = self.parts.lock().unwrap_or_else(|e| e.into_inner());
+        parts.entry(key.clone()).or_default().clone()
+    }
+
+    /// A newly built part: the previous snapshot's if equal, else one
+    /// that knows the part it replaces.
+    fn fresh(
+        &self,
+        key: &ClassKey,
+        resources: Vec<Resource>,
+        extra: Option<Extra>,
+    ) -> (Arc<Part>, Option<Extra>) {
+        let part = Part::new(resources);
+        let candidates = self.previous.get(&key.without_labels());
+        let part = match candidates.and_then(|c| c.iter().find(|old| old.same_content(&part))) {
+            Some(old) => old.clone(),
+            // The same key's part, or the only one of the key without
+            // labels (a selector that starts reading a label splits a
+            // class: each new class replaces the one before).
+            None => match self
+                .replaced
+                .get(key)
+                .or_else(|| candidates.filter(|c| c.len() == 1).map(|c| &c[0]))
+            {
+                Some(base) => Arc::new(part.after(base)),
+                None => Arc::new(part),
+            },
         };
-        cell.get_or_init(|| {
-            let (resources, extra) = build();
-            let part = Part::new(resources);
-            let candidates = self.previous.get(&key.without_labels());
-            let part = match candidates.and_then(|c| c.iter().find(|old| old.same_content(&part))) {
-                Some(old) => old.clone(),
-                // The same key's part, or the only one of the key without
-                // labels (a selector that starts reading a label splits a
-                // class: each new class replaces the one before).
-                None => match self
-                    .replaced
-                    .get(&key)
-                    .or_else(|| candidates.filter(|c| c.len() == 1).map(|c| &c[0]))
-                {
-                    Some(base) => Arc::new(part.after(base)),
-                    None => Arc::new(part),
-                },
-            };
-            (part, extra)
-        })
-        .clone()
+        (part, extra)
     }
 
     /// Every part built so far, by key without labels.

@@ -61,6 +61,11 @@ impl Generator<MeshSnapshot> for IstioGenerator {
             type_url::ROUTE => {
                 let build = || resources(route::route_configs(mesh, proxy), |r| &r.name);
                 match ClassKey::of(mesh, proxy, type_url::ROUTE) {
+                    // No route reads an endpoint: after an endpoint-only
+                    // change, a class's routes are the previous snapshot's.
+                    Some(key) if mesh.scope().is_some() => {
+                        out.push_shared(mesh.parts.get_or_carry(key, build))
+                    }
                     Some(key) => out.push_shared(mesh.parts.get_or_build(key, build)),
                     None => out.push(build()),
                 }

@@ -375,6 +375,26 @@ spec: {address: 127.0.2.2, labels: {app: ratings}, serviceAccount: ratings}
         let from_third = kept(&third, &sent, &fourth, &all);
         assert_eq!(from_third, [true, false, true, true]);
 
+        // Routes read no endpoint: the class's route part is carried
+        // over, and equals what a snapshot built from scratch answers.
+        let routes = |mesh: &MeshSnapshot| {
+            Translation::Istio
+                .generate_parts(mesh, &all[0], &request(type_url::ROUTE))
+                .unwrap()
+        };
+        let before = routes(&fourth);
+        let fifth = MeshSnapshot::build_after(world.store.snapshot(), &fourth);
+        let carried = routes(&fifth);
+        assert!(fifth.scope().is_some() && carried.same(&before));
+        let scratch = MeshSnapshot::build(world.store.snapshot());
+        assert_eq!(content(&carried), content(&routes(&scratch)));
+        let sixth = MeshSnapshot::build_after(world.store.snapshot(), &fifth);
+        let key = crate::class::ClassKey::of(&sixth, &all[0], type_url::ROUTE).unwrap();
+        let part = sixth
+            .parts
+            .get_or_carry(key, || panic!("carried over, not rebuilt"));
+        assert!(Arc::ptr_eq(&part, &carried.parts()[0]));
+
         // From further back, nothing is assumed.
         let sent = answers(&second, &all);
         assert!(!fourth.own_unchanged_since(&second, &all[0]));
