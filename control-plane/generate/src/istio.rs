@@ -131,11 +131,19 @@ impl Generator<MeshSnapshot> for IstioGenerator {
     }
 }
 
-/// The outbound clusters of a sidecar's class.
+/// The outbound clusters of a sidecar's class: after an endpoint-only
+/// change that no cluster reads (see [`crate::scope`]), the previous
+/// snapshot's.
 fn shared_clusters(mesh: &MeshSnapshot, proxy: &Proxy, key: ClassKey) -> Arc<Part> {
-    mesh.parts.get_or_build(key, || {
-        resources(cluster::shared_clusters(mesh, proxy), |c| &c.name)
-    })
+    let build = || resources(cluster::shared_clusters(mesh, proxy), |c| &c.name);
+    if mesh
+        .scope()
+        .is_some_and(crate::scope::EndpointScope::clusters_unchanged)
+    {
+        mesh.parts.get_or_carry(key, build)
+    } else {
+        mesh.parts.get_or_build(key, build)
+    }
 }
 
 /// The listeners a sidecar's class shares, with where the proxy's own

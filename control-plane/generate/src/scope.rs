@@ -19,7 +19,10 @@ use std::sync::Arc;
 use sextant_config::object::{IstioObject, Kind};
 use sextant_xds::Proxy;
 
+use sextant_api::networking::service_entry::Resolution;
+
 use crate::mesh::{MeshService, MeshSnapshot};
+use crate::mtls;
 
 /// An endpoint-only change from the snapshot `after` (see the module
 /// documentation).
@@ -30,6 +33,10 @@ pub struct EndpointScope {
     /// Addresses of the endpoints of the changed services, before and
     /// after: the proxies there are concerned.
     addresses: HashSet<IpAddr>,
+    /// Whether no outbound cluster can have changed: clusters read
+    /// endpoints only when they are inlined (DNS resolution) and for the
+    /// identities a client accepts (the endpoints' service accounts).
+    clusters_unchanged: bool,
 }
 
 impl EndpointScope {
@@ -43,6 +50,7 @@ impl EndpointScope {
             return None;
         }
         let mut addresses = HashSet::new();
+        let mut clusters_unchanged = true;
         for (old, new) in previous.services.iter().zip(&next.services) {
             if !same_but_endpoints(old, new) {
                 return None;
@@ -50,12 +58,21 @@ impl EndpointScope {
             if old.endpoints != new.endpoints {
                 let endpoints = old.endpoints.iter().chain(&new.endpoints);
                 addresses.extend(endpoints.filter_map(|e| e.address.parse::<IpAddr>().ok()));
+                clusters_unchanged &=
+                    !matches!(new.resolution, Resolution::Dns | Resolution::DnsRoundRobin)
+                        && mtls::service_identities(old) == mtls::service_identities(new);
             }
         }
         Some(EndpointScope {
             after: previous.id(),
             addresses,
+            clusters_unchanged,
         })
+    }
+
+    /// Whether every outbound cluster is as in the previous snapshot.
+    pub(crate) fn clusters_unchanged(&self) -> bool {
+        self.clusters_unchanged
     }
 
     /// Whether `proxy`'s own resources are the same in the snapshot with
@@ -248,6 +265,14 @@ spec:
         crate::class::tests::labelled(ip, &[("app", app)])
     }
 
+    fn string_value(s: &str) -> sextant_xds::pb::google::protobuf::Value {
+        sextant_xds::pb::google::protobuf::Value {
+            kind: Some(sextant_xds::pb::google::protobuf::value::Kind::StringValue(
+                s.to_string(),
+            )),
+        }
+    }
+
     fn request(type_url: &str) -> ResourceRequest<'_> {
         ResourceRequest {
             type_url,
@@ -394,6 +419,48 @@ spec: {address: 127.0.2.2, labels: {app: ratings}, serviceAccount: ratings}
             .parts
             .get_or_carry(key, || panic!("carried over, not rebuilt"));
         assert!(Arc::ptr_eq(&part, &carried.parts()[0]));
+
+        // Clusters read no STATIC endpoint but for its identity: carried
+        // over so far; a workload of a new service account changes the
+        // names a client accepts, and the clusters are rebuilt.
+        let mut with_sds = all[0].clone();
+        with_sds
+            .raw_metadata
+            .insert(mtls::SDS_METADATA_KEY.to_string(), string_value("true"));
+        let clusters = |mesh: &MeshSnapshot| {
+            Translation::Istio
+                .generate_parts(mesh, &with_sds, &request(type_url::CLUSTER))
+                .unwrap()
+        };
+        assert!(sixth.scope().is_some_and(EndpointScope::clusters_unchanged));
+        let before = clusters(&sixth);
+        world.apply(
+            "apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {name: ratings-2, namespace: default}
+spec: {address: 127.0.2.2, labels: {app: ratings}, serviceAccount: ratings, weight: 3}
+",
+        );
+        let weighted = MeshSnapshot::build_after(world.store.snapshot(), &sixth);
+        assert!(weighted.scope().unwrap().clusters_unchanged());
+        let carried = clusters(&weighted);
+        assert!(Arc::ptr_eq(&carried.parts()[0], &before.parts()[0]));
+        let scratch = MeshSnapshot::build(world.store.snapshot());
+        assert_eq!(content(&carried), content(&clusters(&scratch)));
+        let before = carried;
+        world.apply(
+            "apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {name: ratings-3, namespace: default}
+spec: {address: 127.0.2.3, labels: {app: ratings}, serviceAccount: ratings-canary}
+",
+        );
+        let seventh = MeshSnapshot::build_after(world.store.snapshot(), &weighted);
+        assert!(!seventh.scope().unwrap().clusters_unchanged());
+        let rebuilt = clusters(&seventh);
+        assert!(!rebuilt.parts()[0].same_content(&before.parts()[0]));
+        let scratch = MeshSnapshot::build(world.store.snapshot());
+        assert_eq!(content(&rebuilt), content(&clusters(&scratch)));
 
         // From further back, nothing is assumed.
         let sent = answers(&second, &all);
