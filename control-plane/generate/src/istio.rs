@@ -227,9 +227,7 @@ impl Generator<MeshSnapshot> for Translation {
             Translation::Istio => {
                 IstioGenerator.generate_since(mesh, proxy, request, previous, sent)
             }
-            Translation::PassThrough => {
-                crate::PassThrough.generate_parts(&mesh.config, proxy, request)
-            }
+            Translation::PassThrough => self.generate_parts(mesh, proxy, request),
         }
     }
 }
