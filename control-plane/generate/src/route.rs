@@ -89,8 +89,13 @@ pub(crate) struct Context<'a> {
 
 /// A route configuration with Istio's settings: clusters not validated
 /// (routes may name clusters that do not exist yet, or, on gateways, hosts
-/// outside the registry) and Istio's direct response body limit.
-fn route_configuration(name: String, virtual_hosts: Vec<VirtualHost>) -> RouteConfiguration {
+/// outside the registry) and Istio's direct response body limit. Every
+/// virtual host (sidecar and gateway alike) gets the retry policy its
+/// routes share, once ([`action::hoist_retry_policy`]).
+fn route_configuration(name: String, mut virtual_hosts: Vec<VirtualHost>) -> RouteConfiguration {
+    virtual_hosts
+        .iter_mut()
+        .for_each(action::hoist_retry_policy);
     RouteConfiguration {
         name,
         virtual_hosts,

@@ -14,12 +14,13 @@ use sextant_xds::pb::envoy::config::core::v3::{
 use sextant_xds::pb::envoy::config::route::v3::redirect_action::{
     PathRewriteSpecifier, RedirectResponseCode, SchemeRewriteSpecifier,
 };
+use sextant_xds::pb::envoy::config::route::v3::route::Action;
 use sextant_xds::pb::envoy::config::route::v3::route_action::{
     ClusterSpecifier, HashPolicy, HostRewriteSpecifier, RequestMirrorPolicy,
 };
 use sextant_xds::pb::envoy::config::route::v3::{
-    DirectResponseAction, RedirectAction, RetryPolicy, Route, RouteAction, WeightedCluster,
-    retry_policy, weighted_cluster,
+    DirectResponseAction, RedirectAction, RetryPolicy, Route, RouteAction, VirtualHost,
+    WeightedCluster, retry_policy, weighted_cluster,
 };
 use sextant_xds::pb::envoy::extensions::filters::common::fault::v3::{FaultDelay, fault_delay};
 use sextant_xds::pb::envoy::extensions::filters::http::cors::v3::CorsPolicy as EnvoyCorsPolicy;
@@ -448,6 +449,52 @@ pub(super) fn retry_policy(
     Some(out)
 }
 
+/// Moves the retry policy shared by all forwarding routes of `vhost` to the
+/// virtual host, when they all have the same one.
+///
+/// Why: nearly every route carries Istio's default retry policy (~190 bytes
+/// encoded), repeated on every route of every virtual host, in route
+/// configurations sent to every proxy on every VirtualService edit. Envoy
+/// applies a virtual host's `retry_policy` to each of its routes without a
+/// route-level one (a route-level policy replaces it entirely, nothing is
+/// merged), so one copy on the virtual host behaves exactly like the copies
+/// on the routes. The saving is one copy per route beyond the first: a
+/// virtual host with a single route stays the same size.
+///
+/// Only when that is exact: every route whose action is `Route` must carry
+/// `Some(policy)` and all must be equal. A route without a policy (retries
+/// disabled by `attempts: 0`) would inherit the virtual host's, so then
+/// nothing moves; nor when policies differ, when no route forwards, or when
+/// the virtual host already has a retry policy of its own. Redirects and
+/// direct responses never retry and are ignored.
+pub(super) fn hoist_retry_policy(vhost: &mut VirtualHost) {
+    if vhost.retry_policy.is_some() || vhost.retry_policy_typed_config.is_some() {
+        return;
+    }
+    let mut policies = vhost.routes.iter().filter_map(|r| match &r.action {
+        Some(Action::Route(a)) if a.retry_policy_typed_config.is_none() => {
+            Some(a.retry_policy.as_ref())
+        }
+        // A route-level typed policy (never written here) also shadows the
+        // virtual host's: to stay on the safe side, nothing moves.
+        Some(Action::Route(_)) => Some(None),
+        _ => None,
+    });
+    let Some(Some(first)) = policies.next() else {
+        return;
+    };
+    if !policies.all(|p| p == Some(first)) {
+        return;
+    }
+    let policy = first.clone();
+    for route in &mut vhost.routes {
+        if let Some(Action::Route(a)) = &mut route.action {
+            a.retry_policy = None;
+        }
+    }
+    vhost.retry_policy = Some(policy);
+}
+
 fn previous_hosts() -> retry_policy::RetryHostPredicate {
     retry_policy::RetryHostPredicate {
         name: PREVIOUS_HOSTS.to_string(),
@@ -771,6 +818,67 @@ mod tests {
         );
         assert_eq!(header_value("a % b % c"), "a %% b %% c");
         assert_eq!(header_value("plain"), "plain");
+    }
+
+    fn forwarding(policy: Option<RetryPolicy>) -> Route {
+        Route {
+            action: Some(Action::Route(RouteAction {
+                retry_policy: policy,
+                ..Default::default()
+            })),
+            ..Default::default()
+        }
+    }
+
+    fn policy_of(route: &Route) -> Option<&RetryPolicy> {
+        match &route.action {
+            Some(Action::Route(a)) => a.retry_policy.as_ref(),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn hoist_moves_only_a_policy_shared_by_every_forwarding_route() {
+        let default = retry_policy(None, false);
+        let redirect = Route {
+            action: Some(Action::Redirect(RedirectAction::default())),
+            ..Default::default()
+        };
+        let mut vhost = VirtualHost {
+            routes: vec![
+                forwarding(default.clone()),
+                redirect.clone(),
+                forwarding(default.clone()),
+            ],
+            ..Default::default()
+        };
+        hoist_retry_policy(&mut vhost);
+        assert_eq!(vhost.retry_policy, default);
+        assert!(vhost.routes.iter().all(|r| policy_of(r).is_none()));
+        assert_eq!(vhost.routes[1], redirect);
+
+        // Left as they are: a route without retries, no forwarding route,
+        // or a virtual host with a policy of its own.
+        for mut vhost in [
+            VirtualHost {
+                routes: vec![forwarding(default.clone()), forwarding(None)],
+                ..Default::default()
+            },
+            VirtualHost {
+                routes: vec![redirect.clone()],
+                ..Default::default()
+            },
+            VirtualHost::default(),
+            VirtualHost {
+                retry_policy: retry_policy(None, true),
+                routes: vec![forwarding(default.clone()), forwarding(default.clone())],
+                ..Default::default()
+            },
+        ] {
+            let before = vhost.clone();
+            hoist_retry_policy(&mut vhost);
+            assert_eq!(vhost, before);
+        }
     }
 
     #[test]

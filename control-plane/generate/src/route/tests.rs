@@ -15,7 +15,7 @@ use sextant_xds::pb::envoy::config::route::v3::route_action::{
 use sextant_xds::pb::envoy::config::route::v3::route_match::PathSpecifier;
 use sextant_xds::pb::envoy::config::route::v3::virtual_host::TlsRequirementType;
 use sextant_xds::pb::envoy::config::route::v3::{
-    HeaderMatcher, Route, RouteAction, RouteConfiguration, VirtualHost,
+    HeaderMatcher, RetryPolicy, Route, RouteAction, RouteConfiguration, VirtualHost,
 };
 use sextant_xds::pb::envoy::extensions::filters::http::cors::v3::CorsPolicy;
 use sextant_xds::pb::envoy::extensions::filters::http::fault::v3::{HttpFault, fault_abort};
@@ -131,15 +131,19 @@ fn vhost<'a>(config: &'a RouteConfiguration, name: &str) -> &'a VirtualHost {
         })
 }
 
-/// The routes of a sidecar's virtual host for `host` on 9080.
-fn sidecar_routes(mesh: &MeshSnapshot, proxy: &Proxy, host: &str) -> Vec<Route> {
+/// A sidecar's virtual host for `host` on 9080.
+fn sidecar_vhost(mesh: &MeshSnapshot, proxy: &Proxy, host: &str) -> VirtualHost {
     let configs = route_configs(mesh, proxy);
     vhost(
         config(&configs, "9080"),
         &format!("{host}.default.svc.cluster.local:9080"),
     )
-    .routes
     .clone()
+}
+
+/// The routes of a sidecar's virtual host for `host` on 9080.
+fn sidecar_routes(mesh: &MeshSnapshot, proxy: &Proxy, host: &str) -> Vec<Route> {
+    sidecar_vhost(mesh, proxy, host).routes
 }
 
 fn action(route: &Route) -> &RouteAction {
@@ -147,6 +151,15 @@ fn action(route: &Route) -> &RouteAction {
         Some(Action::Route(a)) => a,
         other => panic!("not a route action: {other:?}"),
     }
+}
+
+/// The retry policy Envoy applies to a forwarding route of `vhost`: the
+/// route's own, else the virtual host's (a route-level one replaces it).
+fn effective_retry<'a>(vhost: &'a VirtualHost, route: &'a Route) -> Option<&'a RetryPolicy> {
+    action(route)
+        .retry_policy
+        .as_ref()
+        .or(vhost.retry_policy.as_ref())
 }
 
 fn cluster(route: &Route) -> &str {
@@ -254,7 +267,7 @@ fn header_match_routes_jason_to_v2_first() {
     // Istio's defaults: no timeout, default retries.
     let a = action(&routes[0]);
     assert_eq!(a.timeout, seconds(0));
-    let retry = a.retry_policy.as_ref().unwrap();
+    let retry = effective_retry(reviews, &routes[0]).unwrap();
     assert_eq!(retry.num_retries, Some(UInt32Value { value: 2 }));
     assert_eq!(
         retry.retry_on,
@@ -546,10 +559,11 @@ spec:
   - route: [{destination: {host: ratings}}]
 "#,
     );
-    let routes = sidecar_routes(&m, &sidecar("reviews"), "ratings");
+    let v = sidecar_vhost(&m, &sidecar("reviews"), "ratings");
+    let routes = &v.routes;
     let a = action(&routes[0]);
     assert_eq!(a.timeout, seconds(10));
-    let r = a.retry_policy.as_ref().unwrap();
+    let r = effective_retry(&v, &routes[0]).unwrap();
     assert_eq!(r.num_retries, Some(UInt32Value { value: 3 }));
     assert_eq!(r.per_try_timeout, seconds(2));
     assert_eq!(
@@ -569,9 +583,12 @@ spec:
             nanos: 500_000_000
         })
     );
-    assert!(a.retry_policy.is_none(), "attempts 0 disables retries");
+    assert!(
+        effective_retry(&v, &routes[1]).is_none(),
+        "attempts 0 disables retries"
+    );
     assert_eq!(action(&routes[2]).timeout, seconds(0));
-    assert!(action(&routes[2]).retry_policy.is_some());
+    assert!(effective_retry(&v, &routes[2]).is_some());
 }
 
 #[test]
@@ -1004,10 +1021,11 @@ spec:
 "#,
     );
     let p = sidecar("reviews");
-    for routes in [
-        sidecar_routes(&m, &p, "details"),
-        sidecar_routes(&m, &p, "productpage"),
+    for v in [
+        sidecar_vhost(&m, &p, "details"),
+        sidecar_vhost(&m, &p, "productpage"),
     ] {
+        let routes = &v.routes;
         let a = action(&routes[0]);
         assert_eq!(a.hash_policy.len(), 1);
         let Some(sextant_xds::pb::envoy::config::route::v3::route_action::hash_policy::PolicySpecifier::Header(h)) =
@@ -1017,14 +1035,223 @@ spec:
         };
         assert_eq!(h.header_name, "x-user");
         assert!(
-            a.retry_policy
-                .as_ref()
+            effective_retry(&v, &routes[0])
                 .unwrap()
                 .retry_host_predicate
                 .is_empty(),
             "retries stay on the hashed host"
         );
     }
+}
+
+/// Istio's default retry policy, as a route without `retries` gets it.
+fn default_retry(consistent_hash: bool) -> RetryPolicy {
+    action::retry_policy(None, consistent_hash).unwrap()
+}
+
+/// `vhost` as it was before hoisting: its retry policy back on each of its
+/// forwarding routes.
+fn with_route_level_retries(vhost: &VirtualHost) -> VirtualHost {
+    let mut out = vhost.clone();
+    let policy = out.retry_policy.take();
+    for route in &mut out.routes {
+        if let Some(Action::Route(a)) = &mut route.action {
+            a.retry_policy = policy.clone();
+        }
+    }
+    out
+}
+
+#[test]
+fn shared_retry_policy_moves_to_the_virtual_host() {
+    let m = with_bookinfo(REVIEWS_TEST_V2);
+    let configs = route_configs(&m, &sidecar("productpage"));
+    let c = config(&configs, "9080");
+    for name in [
+        "reviews.default.svc.cluster.local:9080",
+        "ratings.default.svc.cluster.local:9080",
+    ] {
+        let v = vhost(c, name);
+        assert_eq!(v.retry_policy, Some(default_retry(false)), "{name}");
+        assert!(
+            v.routes.iter().all(|r| action(r).retry_policy.is_none()),
+            "{name}: routes inherit the virtual host's policy"
+        );
+    }
+    // One copy per virtual host instead of one per route.
+    let reviews = vhost(c, "reviews.default.svc.cluster.local:9080");
+    assert_eq!(reviews.routes.len(), 2);
+    let before = with_route_level_retries(reviews).encoded_len();
+    assert!(
+        reviews.encoded_len() + 150 < before,
+        "{} vs {before}",
+        reviews.encoded_len()
+    );
+    // The pass-through route has no retries: nothing to hoist.
+    let any = vhost(c, "allow_any");
+    assert_eq!(any.retry_policy, None);
+    assert_eq!(action(&any.routes[0]).retry_policy, None);
+
+    // Gateways too.
+    let configs = route_configs(&with_bookinfo(BOOKINFO_GATEWAY), &ingress());
+    let v = &config(&configs, "http.80").virtual_hosts[0];
+    assert_eq!(v.routes.len(), 5);
+    assert_eq!(v.retry_policy, Some(default_retry(false)));
+    assert!(v.routes.iter().all(|r| action(r).retry_policy.is_none()));
+}
+
+#[test]
+fn retries_disabled_on_one_route_keep_policies_on_the_routes() {
+    let m = with_bookinfo(
+        r#"
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: ratings, namespace: default}
+spec:
+  hosts: [ratings]
+  http:
+  - match: [{uri: {prefix: /once}}]
+    retries: {attempts: 0}
+    route: [{destination: {host: ratings}}]
+  - match: [{uri: {prefix: /api}}]
+    route: [{destination: {host: ratings}}]
+  - route: [{destination: {host: ratings}}]
+"#,
+    );
+    let v = sidecar_vhost(&m, &sidecar("reviews"), "ratings");
+    assert_eq!(v.retry_policy, None, "nothing hoisted");
+    assert_eq!(
+        effective_retry(&v, &v.routes[0]),
+        None,
+        "the route without retries inherits nothing"
+    );
+    for route in &v.routes[1..] {
+        assert_eq!(action(route).retry_policy, Some(default_retry(false)));
+    }
+}
+
+#[test]
+fn differing_retry_policies_stay_on_the_routes() {
+    let m = with_bookinfo(
+        r#"
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: ratings, namespace: default}
+spec:
+  hosts: [ratings]
+  http:
+  - match: [{uri: {prefix: /slow}}]
+    retries: {attempts: 3}
+    route: [{destination: {host: ratings}}]
+  - route: [{destination: {host: ratings}}]
+"#,
+    );
+    let v = sidecar_vhost(&m, &sidecar("reviews"), "ratings");
+    assert_eq!(v.retry_policy, None, "nothing hoisted");
+    let mut three = default_retry(false);
+    three.num_retries = Some(UInt32Value { value: 3 });
+    assert_eq!(action(&v.routes[0]).retry_policy, Some(three));
+    assert_eq!(
+        action(&v.routes[1]).retry_policy,
+        Some(default_retry(false))
+    );
+}
+
+#[test]
+fn consistent_hash_retry_policies_are_hoisted_when_equal() {
+    let m = with_bookinfo(
+        r#"
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: details, namespace: default}
+spec:
+  host: details
+  trafficPolicy:
+    loadBalancer:
+      consistentHash: {httpHeaderName: x-user}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: details, namespace: default}
+spec:
+  hosts: [details]
+  http:
+  - match: [{uri: {prefix: /a}}]
+    route: [{destination: {host: details}}]
+  - route: [{destination: {host: details}}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: ratings, namespace: default}
+spec:
+  hosts: [ratings]
+  http:
+  - match: [{uri: {prefix: /details}}]
+    route: [{destination: {host: details}}]
+  - route: [{destination: {host: ratings}}]
+"#,
+    );
+    let p = sidecar("reviews");
+    let v = sidecar_vhost(&m, &p, "details");
+    assert_eq!(v.routes.len(), 2);
+    assert_eq!(v.retry_policy, Some(default_retry(true)));
+    assert!(
+        v.retry_policy
+            .as_ref()
+            .unwrap()
+            .retry_host_predicate
+            .is_empty(),
+        "retries stay on the hashed host"
+    );
+    assert!(v.routes.iter().all(|r| action(r).retry_policy.is_none()));
+    // Hashed and unhashed destinations: the policies differ.
+    let v = sidecar_vhost(&m, &p, "ratings");
+    assert_eq!(v.retry_policy, None);
+    assert_eq!(action(&v.routes[0]).retry_policy, Some(default_retry(true)));
+    assert_eq!(
+        action(&v.routes[1]).retry_policy,
+        Some(default_retry(false))
+    );
+}
+
+#[test]
+fn redirects_and_direct_responses_do_not_block_or_get_a_retry_policy() {
+    let m = with_bookinfo(
+        r#"
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: details, namespace: default}
+spec:
+  hosts: [details]
+  http:
+  - redirect: {uri: /v1/new, authority: newdetails}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: ratings, namespace: default}
+spec:
+  hosts: [ratings]
+  http:
+  - match: [{uri: {prefix: /old}}]
+    redirect: {uri: /new}
+  - match: [{uri: {prefix: /gone}}]
+    directResponse: {status: 410}
+  - route: [{destination: {host: ratings}}]
+"#,
+    );
+    let p = sidecar("reviews");
+    let v = sidecar_vhost(&m, &p, "details");
+    assert_eq!(v.routes.len(), 1);
+    assert!(matches!(v.routes[0].action, Some(Action::Redirect(_))));
+    assert_eq!(
+        v.retry_policy, None,
+        "a redirect-only host is left as it was"
+    );
+    // Only the forwarding route counts.
+    let v = sidecar_vhost(&m, &p, "ratings");
+    assert_eq!(v.routes.len(), 3);
+    assert_eq!(v.retry_policy, Some(default_retry(false)));
+    assert_eq!(action(&v.routes[2]).retry_policy, None);
 }
 
 const BOOKINFO_GATEWAY: &str = r#"
