@@ -10,6 +10,13 @@ use sextant_bench::client::Protocol;
 use sextant_bench::mesh::{Change, MeshSpec};
 use sextant_bench::run::{RunOptions, run};
 
+/// mimalloc, as in `sextant`: the simulated proxies receive gigabytes in
+/// megabyte messages, and glibc served each buffer from fresh pages that
+/// the kernel zeroed (perf: a third of this process's CPU, taken from the
+/// server it measures on a shared machine).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "sextant-bench",

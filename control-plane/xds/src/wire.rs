@@ -230,7 +230,9 @@ impl http_body::Body for ResponseBody {
         if this.done {
             return Poll::Ready(None);
         }
-        let mut chunk = BytesMut::new();
+        // Room for a whole chunk at once: grown resource by resource, the
+        // buffer was copied as it doubled, on fresh pages each time.
+        let mut chunk = BytesMut::with_capacity(CHUNK + CHUNK / 8);
         loop {
             if this.current.is_some() {
                 this.fill(&mut chunk);
