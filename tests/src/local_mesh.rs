@@ -153,6 +153,8 @@ pub struct MeshOptions {
     /// Mutual TLS between the proxies: the CA, an agent per Envoy, xDS over
     /// TLS.
     pub mtls: Option<MtlsOptions>,
+    /// Envoys on Delta ADS (virtual hosts over VHDS) instead of SotW.
+    pub delta: bool,
 }
 
 /// The workload certificates of an mTLS mesh.
@@ -182,7 +184,14 @@ impl MeshOptions {
             dir: None,
             files: Vec::new(),
             mtls: None,
+            delta: false,
         }
+    }
+
+    /// Envoys on Delta ADS (see [`MeshOptions::delta`]).
+    pub fn delta(mut self) -> MeshOptions {
+        self.delta = true;
+        self
     }
 
     /// Mutual TLS between the proxies (see the module docs).
@@ -406,6 +415,8 @@ pub struct Mesh {
     pub workloads: Vec<Workload>,
     pub sextant: Sextant,
     pub mtls: Option<MtlsOptions>,
+    /// Envoys on Delta ADS.
+    pub delta: bool,
     /// The config dir Sextant follows (the registry is in `_mesh/` below it).
     pub config_dir: PathBuf,
     pub log_dir: PathBuf,
@@ -635,6 +646,7 @@ impl Mesh {
         };
         let mut mesh = Mesh {
             mtls: options.mtls.clone(),
+            delta: options.delta,
             gateway: None,
             workloads: Vec::new(),
             sextant,
@@ -738,6 +750,9 @@ impl Mesh {
             .args(flags)
             .args(["--ip", &ip.to_string()])
             .args(["--admin-address", "127.0.0.1", "--admin-port", "0"]);
+        if self.delta {
+            bootstrap.arg("--delta");
+        }
         let (agent, certs_dir, agent_log) =
             match (&self.mtls, self.sextant.ca(), self.sextant.tls_addr) {
                 (Some(mtls), Some(ca), Some(tls)) => {

@@ -275,6 +275,18 @@ struct EdsClusterHead {
     service_name: Bytes,
 }
 
+/// `RouteConfiguration`, as far as the client reads it: whether its
+/// virtual hosts come over VHDS.
+#[derive(Clone, PartialEq, Message)]
+struct RouteHead {
+    #[prost(message, optional, tag = "9")]
+    vhds: Option<Empty>,
+}
+
+/// A message whose fields are skipped.
+#[derive(Clone, PartialEq, Message)]
+struct Empty {}
+
 /// `Cluster.DiscoveryType.EDS`.
 const EDS: i32 = 3;
 
@@ -350,7 +362,7 @@ struct Held {
 /// those subscribed are registered with the interner.
 #[derive(Default)]
 struct State {
-    held: [Held; 4],
+    held: [Held; 5],
     /// EDS clusters: cluster name key -> EDS resource name key.
     eds_of: HashMap<u64, u64>,
     /// The values of `eds_of`.
@@ -361,6 +373,10 @@ struct State {
     /// The values of `routes_of`.
     rds_wanted: BTreeSet<u64>,
     rds_subscribed: BTreeSet<u64>,
+    /// Route configurations (name keys) whose virtual hosts come over
+    /// VHDS: Envoy subscribes to their names there.
+    vhds_wanted: BTreeSet<u64>,
+    vhds_subscribed: BTreeSet<u64>,
     lds_requested: bool,
     rds_requested: bool,
 }
@@ -483,7 +499,21 @@ impl State {
                     self.rds_wanted = self.routes_of.values().flatten().copied().collect();
                 }
             }
-            Ty::Eds | Ty::Rds => {}
+            Ty::Rds => {
+                for (id, _, body) in &changed {
+                    let head = RouteHead::decode((*body).clone())
+                        .context("decoding a RouteConfiguration")?;
+                    if head.vhds.is_some() {
+                        self.vhds_wanted.insert(*id);
+                    } else {
+                        self.vhds_wanted.remove(id);
+                    }
+                }
+                for id in &gone {
+                    self.vhds_wanted.remove(id);
+                }
+            }
+            Ty::Eds | Ty::Vhds => {}
         }
         Ok(Applied {
             resources: count,
@@ -522,7 +552,8 @@ impl State {
             && self.complete(Ty::Eds, &self.eds_subscribed)
     }
 
-    /// CDS, EDS, LDS and RDS all there, non-empty and complete.
+    /// CDS, EDS, LDS and RDS all there, non-empty and complete; VHDS
+    /// answered where route configurations name it.
     fn full(&self) -> bool {
         let lds = &self.held[Ty::Lds.index()];
         self.clusters_warm()
@@ -530,6 +561,8 @@ impl State {
             && !lds.resources.is_empty()
             && self.rds_subscribed == self.rds_wanted
             && self.complete(Ty::Rds, &self.rds_subscribed)
+            && self.vhds_subscribed == self.vhds_wanted
+            && (self.vhds_wanted.is_empty() || self.held[Ty::Vhds.index()].received)
     }
 }
 
@@ -709,6 +742,7 @@ async fn sotw(
                 Ty::Rds,
                 interner.shared(&state.rds_subscribed),
             ))?,
+            Ty::Vhds => bail!("VHDS over a SotW stream"),
         }
         if !state.lds_requested && state.clusters_warm() {
             state.lds_requested = true;
@@ -783,11 +817,14 @@ async fn delta(
         let follow = match ty {
             Ty::Cds => Some((Ty::Eds, state.eds_wanted().clone())),
             Ty::Lds => Some((Ty::Rds, state.rds_wanted().clone())),
-            Ty::Eds | Ty::Rds => None,
+            // Envoy subscribes to a route configuration's name on VHDS.
+            Ty::Rds => Some((Ty::Vhds, state.vhds_wanted.clone())),
+            Ty::Eds | Ty::Vhds => None,
         };
         if let Some((child, wanted)) = follow {
             let subscribed = match child {
                 Ty::Eds => &mut state.eds_subscribed,
+                Ty::Vhds => &mut state.vhds_subscribed,
                 _ => &mut state.rds_subscribed,
             };
             let add: BTreeSet<u64> = wanted.difference(subscribed).copied().collect();
@@ -900,7 +937,9 @@ mod tests {
     fn lite_delta_reads_what_the_full_types_read() {
         let spec = MeshSpec::new(3);
         let mesh = MeshSnapshot::build(spec.config_snapshot().unwrap());
-        let proxy = Proxy::from_node(Some(&spec.node(0))).unwrap();
+        let mut proxy = Proxy::from_node(Some(&spec.node(0))).unwrap();
+        // As the server sets it on a Delta ADS stream.
+        proxy.vhds = true;
         for ty in Ty::ALL {
             let resources = generate(&mesh, &proxy, ty);
             assert!(!resources.is_empty(), "{ty:?}");
@@ -1066,6 +1105,24 @@ mod tests {
             .unwrap();
         let routes = names(&interner, state.rds_wanted());
         assert!(routes.contains(&"8080".to_string()), "{routes:?}");
+
+        // Route configurations name VHDS only for a proxy on it; the
+        // client then wants their names there.
+        let rds = |proxy: &Proxy, state: &mut State| {
+            let response = sotw_response(Ty::Rds, &generate(&mesh, proxy, Ty::Rds));
+            let named = sotw_named(Ty::Rds, &response.message).unwrap();
+            state
+                .apply(Ty::Rds, named.into_iter(), &[], false, &interner)
+                .unwrap();
+        };
+        rds(&proxy, &mut state);
+        assert!(state.vhds_wanted.is_empty());
+        let mut on_vhds = proxy.clone();
+        on_vhds.vhds = true;
+        rds(&on_vhds, &mut state);
+        assert_eq!(names(&interner, &state.vhds_wanted), ["8080"]);
+        rds(&proxy, &mut state);
+        assert!(state.vhds_wanted.is_empty(), "whole again: no VHDS");
 
         // The same clusters again change nothing; one fewer is a removal.
         let response = sotw_response(Ty::Cds, &clusters[1..]);

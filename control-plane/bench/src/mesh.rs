@@ -17,6 +17,7 @@
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
+use crate::record::Ty;
 use anyhow::Context;
 use sextant_config::store::{ConfigSnapshot, ConfigStore};
 use sextant_xds::pb::envoy::config::core::v3::Node;
@@ -416,14 +417,15 @@ impl Change {
         }
     }
 
-    /// The resource type the change must reach the proxies as.
-    pub fn type_url(self) -> &'static str {
-        use sextant_xds::type_url;
+    /// The resource types the change may reach the proxies as: a route
+    /// edit comes as a route configuration, or over VHDS (Delta) as the
+    /// virtual host it changed.
+    pub fn tys(self) -> &'static [Ty] {
         match self {
-            Change::VirtualService => type_url::ROUTE,
-            Change::Endpoint => type_url::ENDPOINT,
-            Change::DestinationRule => type_url::CLUSTER,
-            Change::AuthorizationPolicy => type_url::LISTENER,
+            Change::VirtualService => &[Ty::Rds, Ty::Vhds],
+            Change::Endpoint => &[Ty::Eds],
+            Change::DestinationRule => &[Ty::Cds],
+            Change::AuthorizationPolicy => &[Ty::Lds],
         }
     }
 

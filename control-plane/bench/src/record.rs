@@ -22,10 +22,12 @@ pub enum Ty {
     Eds,
     Lds,
     Rds,
+    /// Virtual hosts over VHDS (Delta only).
+    Vhds,
 }
 
 impl Ty {
-    pub const ALL: [Ty; 4] = [Ty::Cds, Ty::Eds, Ty::Lds, Ty::Rds];
+    pub const ALL: [Ty; 5] = [Ty::Cds, Ty::Eds, Ty::Lds, Ty::Rds, Ty::Vhds];
 
     pub fn of(type_url: &str) -> Option<Ty> {
         match type_url {
@@ -33,6 +35,7 @@ impl Ty {
             type_url::ENDPOINT => Some(Ty::Eds),
             type_url::LISTENER => Some(Ty::Lds),
             type_url::ROUTE => Some(Ty::Rds),
+            type_url::VIRTUAL_HOST => Some(Ty::Vhds),
             _ => None,
         }
     }
@@ -43,6 +46,7 @@ impl Ty {
             Ty::Eds => type_url::ENDPOINT,
             Ty::Lds => type_url::LISTENER,
             Ty::Rds => type_url::ROUTE,
+            Ty::Vhds => type_url::VIRTUAL_HOST,
         }
     }
 
@@ -62,6 +66,7 @@ impl Ty {
             Ty::Eds => "eds",
             Ty::Lds => "lds",
             Ty::Rds => "rds",
+            Ty::Vhds => "vhds",
         }
     }
 }

@@ -83,7 +83,8 @@ pub async fn run(options: RunOptions) -> anyhow::Result<Report> {
 
     // The pure parts, before the server runs (nothing else on the CPUs).
     let proxies = options.proxies;
-    let in_process = tokio::task::spawn_blocking(move || measure_in_process(&spec, proxies))
+    let vhds = options.protocol == Protocol::Delta;
+    let in_process = tokio::task::spawn_blocking(move || measure_in_process(&spec, proxies, vhds))
         .await
         .context("in-process measurement")??;
     tracing::info!(
@@ -522,7 +523,7 @@ async fn measure_change(
     alive: &[bool],
     options: &RunOptions,
 ) -> anyhow::Result<ChangeSample> {
-    let ty = Ty::of(kind.type_url()).expect("a known type");
+    let tys = kind.tys();
     let concerned: Vec<bool> = (0..alive.len())
         .map(|i| alive[i] && kind.concerns(spec, k, i))
         .collect();
@@ -560,7 +561,7 @@ async fn measure_change(
         let events = recorder.since(cursor);
         cursor += events.len();
         for e in events {
-            if e.ty == ty && !e.redundant() && concerned[e.client as usize] {
+            if tys.contains(&e.ty) && !e.redundant() && concerned[e.client as usize] {
                 reached.entry(e.client).or_insert(e.acked);
             }
         }
@@ -639,8 +640,9 @@ fn change_report(kind: Change, samples: &[ChangeSample]) -> ChangeReport {
 }
 
 /// Snapshot build and per-proxy generation, timed in this process on the
-/// same mesh, and the size of one proxy's config.
-fn measure_in_process(spec: &MeshSpec, proxies: usize) -> anyhow::Result<InProcess> {
+/// same mesh, and the size of one proxy's config (`vhds`: as a Delta ADS
+/// stream gets it, virtual hosts over VHDS).
+fn measure_in_process(spec: &MeshSpec, proxies: usize, vhds: bool) -> anyhow::Result<InProcess> {
     let parse_start = Instant::now();
     let config = spec.config_snapshot()?;
     let parse = parse_start.elapsed();
@@ -658,7 +660,8 @@ fn measure_in_process(spec: &MeshSpec, proxies: usize) -> anyhow::Result<InProce
     let mut per_type: BTreeMap<Ty, TypeCount> = BTreeMap::new();
     let sample = (0..proxies.max(1)).step_by((proxies / 10).max(1)).take(10);
     for (n, i) in sample.enumerate() {
-        let proxy = Proxy::from_node(Some(&spec.node(i))).context("parsing the node")?;
+        let mut proxy = Proxy::from_node(Some(&spec.node(i))).context("parsing the node")?;
+        proxy.vhds = vhds;
         let t = Instant::now();
         let mut generated = Vec::new();
         for ty in Ty::ALL {

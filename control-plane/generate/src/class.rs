@@ -35,6 +35,9 @@ pub struct ClassKey {
     pub ipv4: bool,
     pub ipv6: bool,
     pub sds: bool,
+    /// Route configurations without their virtual hosts, which come over
+    /// VHDS ([`crate::vhds`]); only for routes.
+    pub vhds: bool,
     /// The proxy's labels whose keys some outbound selector reads.
     pub labels: Vec<(String, String)>,
 }
@@ -54,6 +57,7 @@ impl ClassKey {
             ipv4: proxy.ip_addresses.iter().any(|ip| ip.is_ipv4()),
             ipv6: proxy.ip_addresses.iter().any(|ip| ip.is_ipv6()),
             sds: mtls::has_sds(proxy),
+            vhds: proxy.vhds && type_url == sextant_xds::type_url::ROUTE,
             labels: proxy
                 .labels
                 .iter()
@@ -161,6 +165,22 @@ impl PartCache {
             })
             .0
             .clone()
+    }
+
+    /// [`PartCache::get_or_carry`] if `carry` (the changes since the
+    /// previous snapshot cannot have touched this part), else
+    /// [`PartCache::get_or_build`].
+    pub fn get_carrying_if(
+        &self,
+        carry: bool,
+        key: ClassKey,
+        build: impl FnOnce() -> Vec<Resource>,
+    ) -> Arc<Part> {
+        if carry {
+            self.get_or_carry(key, build)
+        } else {
+            self.get_or_build(key, build)
+        }
     }
 
     /// [`PartCache::get_or_build`] with something the builder leaves

@@ -7,7 +7,7 @@ use sextant_xds::{BoxError, Generated, Generator, Part, Proxy, Resource, Resourc
 
 use crate::class::ClassKey;
 use crate::mesh::MeshSnapshot;
-use crate::{cluster, endpoint, listener, route};
+use crate::{cluster, endpoint, listener, route, vhds};
 
 /// Istio's translation (clusters, endpoints, listeners, routes).
 #[derive(Clone, Copy, Debug, Default)]
@@ -54,21 +54,19 @@ impl Generator<MeshSnapshot> for IstioGenerator {
             type_url::ENDPOINT => {
                 let build = || resources(endpoint::endpoints(mesh, proxy), |e| &e.cluster_name);
                 match ClassKey::of(mesh, proxy, type_url::ENDPOINT) {
-                    Some(key) => out.push_shared(mesh.parts.get_or_build(key, build)),
+                    // No endpoint reads a VirtualService.
+                    Some(key) => {
+                        out.push_shared(mesh.parts.get_carrying_if(mesh.routes_only(), key, build))
+                    }
                     None => out.push(build()),
                 }
             }
-            type_url::ROUTE => {
-                let build = || resources(route::route_configs(mesh, proxy), |r| &r.name);
-                match ClassKey::of(mesh, proxy, type_url::ROUTE) {
-                    // No route reads an endpoint: after an endpoint-only
-                    // change, a class's routes are the previous snapshot's.
-                    Some(key) if mesh.scope().is_some() => {
-                        out.push_shared(mesh.parts.get_or_carry(key, build))
-                    }
-                    Some(key) => out.push_shared(mesh.parts.get_or_build(key, build)),
-                    None => out.push(build()),
-                }
+            type_url::ROUTE | type_url::VIRTUAL_HOST => {
+                out.push_shared(routes(
+                    mesh,
+                    proxy,
+                    request.type_url == type_url::VIRTUAL_HOST,
+                ));
             }
             type_url::LISTENER => {
                 let class = ClassKey::of(mesh, proxy, type_url::LISTENER);
@@ -132,18 +130,63 @@ impl Generator<MeshSnapshot> for IstioGenerator {
 }
 
 /// The outbound clusters of a sidecar's class: after an endpoint-only
-/// change that no cluster reads (see [`crate::scope`]), the previous
-/// snapshot's.
+/// change that no cluster reads, or a VirtualService change (see
+/// [`crate::scope`]), the previous snapshot's.
 fn shared_clusters(mesh: &MeshSnapshot, proxy: &Proxy, key: ClassKey) -> Arc<Part> {
-    let build = || resources(cluster::shared_clusters(mesh, proxy), |c| &c.name);
-    if mesh
-        .scope()
-        .is_some_and(crate::scope::EndpointScope::clusters_unchanged)
-    {
-        mesh.parts.get_or_carry(key, build)
-    } else {
-        mesh.parts.get_or_build(key, build)
+    let carry = mesh.routes_only()
+        || mesh
+            .scope()
+            .is_some_and(crate::scope::EndpointScope::clusters_unchanged);
+    mesh.parts.get_carrying_if(carry, key, || {
+        resources(cluster::shared_clusters(mesh, proxy), |c| &c.name)
+    })
+}
+
+/// A proxy's route configurations or, for a proxy on VHDS
+/// ([`crate::vhds`]) and `hosts`, their virtual hosts: shared by a
+/// sidecar's class, where one build of the routes makes both parts. No
+/// route reads an endpoint: after an endpoint-only change, a class's parts
+/// are the previous snapshot's.
+fn routes(mesh: &MeshSnapshot, proxy: &Proxy, hosts: bool) -> Arc<Part> {
+    if hosts && !proxy.vhds {
+        return Arc::new(Part::new(Vec::new()));
     }
+    let Some(key) = ClassKey::of(mesh, proxy, type_url::ROUTE) else {
+        let configs = route::route_configs(mesh, proxy);
+        return Arc::new(Part::new(match (proxy.vhds, hosts) {
+            (false, _) => resources(configs, |r| &r.name),
+            (true, false) => resources(vhds::split(configs).0, |r| &r.name),
+            (true, true) => resources(vhds::split(configs).1, |h| &h.name),
+        }));
+    };
+    let carry = mesh.scope().is_some();
+    if !key.vhds {
+        return mesh.parts.get_carrying_if(carry, key, || {
+            resources(route::route_configs(mesh, proxy), |r| &r.name)
+        });
+    }
+    let hosts_key = ClassKey {
+        type_url: type_url::VIRTUAL_HOST,
+        ..key.clone()
+    };
+    // The route configurations' build leaves the virtual hosts in their
+    // cell (always in this order, route configurations first: never two
+    // builders waiting on each other's cell).
+    let configs = mesh.parts.get_carrying_if(carry, key, || {
+        let (configs, virtual_hosts) = vhds::split(route::route_configs(mesh, proxy));
+        mesh.parts
+            .get_or_build(hosts_key.clone(), || resources(virtual_hosts, |h| &h.name));
+        resources(configs, |r| &r.name)
+    });
+    if !hosts {
+        return configs;
+    }
+    // Built above unless the route configurations were carried over.
+    mesh.parts.get_carrying_if(carry, hosts_key, || {
+        resources(vhds::split(route::route_configs(mesh, proxy)).1, |h| {
+            &h.name
+        })
+    })
 }
 
 /// The listeners a sidecar's class shares, with where the proxy's own

@@ -24,6 +24,7 @@ pub mod peer_authentication;
 pub mod route;
 pub mod scope;
 mod services;
+pub mod vhds;
 
 pub use istio::IstioGenerator;
 pub use passthrough::PassThrough;

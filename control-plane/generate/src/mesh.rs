@@ -152,6 +152,9 @@ pub struct MeshSnapshot {
     /// What changed since the snapshot this one was built after, if only
     /// endpoints did (see [`crate::scope`]).
     scope: Option<EndpointScope>,
+    /// The predecessor's id when this snapshot differs from it in
+    /// VirtualServices only (see [`crate::scope::routes_only`]).
+    routes_only_after: Option<u64>,
     pub config: ConfigSnapshot,
     /// Sorted by hostname, then namespace.
     pub services: Vec<MeshService>,
@@ -403,6 +406,7 @@ impl MeshSnapshot {
             version: config.version,
             id: IDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             scope: None,
+            routes_only_after: None,
             rules: RuleIndex::build(&config),
             config,
             services: Vec::new(),
@@ -438,6 +442,7 @@ impl MeshSnapshot {
         let mut mesh = MeshSnapshot::build(config);
         mesh.parts = PartCache::after(&previous.parts);
         mesh.scope = EndpointScope::between(previous, &mesh);
+        mesh.routes_only_after = crate::scope::routes_only(previous, &mesh).then(|| previous.id());
         mesh
     }
 
@@ -452,12 +457,19 @@ impl MeshSnapshot {
         self.scope.as_ref()
     }
 
+    /// Whether this snapshot differs from the one it was built after in
+    /// VirtualServices only: clusters and endpoints are then as they were.
+    pub fn routes_only(&self) -> bool {
+        self.routes_only_after.is_some()
+    }
+
     /// Whether `proxy`'s own resources (its inbound clusters and
     /// listeners) are the same here as in `previous`: the same snapshot,
     /// or the next one after an endpoint change that does not concern the
-    /// proxy (see [`crate::scope`]).
+    /// proxy, or after a VirtualService change (see [`crate::scope`]).
     pub fn own_unchanged_since(&self, previous: &MeshSnapshot, proxy: &Proxy) -> bool {
         std::ptr::eq(self, previous)
+            || self.routes_only_after == Some(previous.id())
             || self
                 .scope
                 .as_ref()

@@ -89,6 +89,30 @@ impl EndpointScope {
 /// Whether the two configurations differ in WorkloadEntries and
 /// ServiceEntry endpoints only.
 fn objects_differ_in_endpoints_only(previous: &MeshSnapshot, next: &MeshSnapshot) -> bool {
+    objects_differ_only(previous, next, |kind, old, new| match (old, new) {
+        (Some(a), Some(b)) => same_but_endpoints_object(a, b),
+        _ => kind == Kind::WorkloadEntry,
+    })
+}
+
+/// Whether `next` differs from `previous` in VirtualServices only (added,
+/// removed or edited). No cluster, endpoint or inbound listener reads a
+/// VirtualService: such a change rebuilds routes and outbound listeners
+/// (TCP and TLS routes) only, and leaves every sidecar's own resources as
+/// they were.
+pub(crate) fn routes_only(previous: &MeshSnapshot, next: &MeshSnapshot) -> bool {
+    previous.config.credentials == next.config.credentials
+        && objects_differ_only(previous, next, |kind, _, _| kind == Kind::VirtualService)
+}
+
+/// Walks the two configurations' objects (both sorted by key) side by
+/// side; `may_differ(kind, old, new)` tells whether an object that is in
+/// one only, or differs between them, is allowed.
+fn objects_differ_only(
+    previous: &MeshSnapshot,
+    next: &MeshSnapshot,
+    may_differ: impl Fn(Kind, Option<&Arc<IstioObject>>, Option<&Arc<IstioObject>>) -> bool,
+) -> bool {
     let (mut old, mut new) = (
         previous.config.objects.iter().peekable(),
         next.config.objects.iter().peekable(),
@@ -96,29 +120,29 @@ fn objects_differ_in_endpoints_only(previous: &MeshSnapshot, next: &MeshSnapshot
     loop {
         let ok = match (old.peek(), new.peek()) {
             (None, None) => return true,
-            (Some((key, _)), None) => {
-                let ok = key.kind == Kind::WorkloadEntry;
+            (Some((key, x)), None) => {
+                let ok = may_differ(key.kind, Some(x), None);
                 old.next();
                 ok
             }
-            (None, Some((key, _))) => {
-                let ok = key.kind == Kind::WorkloadEntry;
+            (None, Some((key, y))) => {
+                let ok = may_differ(key.kind, None, Some(y));
                 new.next();
                 ok
             }
             (Some((a, x)), Some((b, y))) => match a.cmp(b) {
                 std::cmp::Ordering::Less => {
-                    let ok = a.kind == Kind::WorkloadEntry;
+                    let ok = may_differ(a.kind, Some(x), None);
                     old.next();
                     ok
                 }
                 std::cmp::Ordering::Greater => {
-                    let ok = b.kind == Kind::WorkloadEntry;
+                    let ok = may_differ(b.kind, None, Some(y));
                     new.next();
                     ok
                 }
                 std::cmp::Ordering::Equal => {
-                    let ok = same_but_endpoints_object(x, y);
+                    let ok = Arc::ptr_eq(x, y) || x == y || may_differ(a.kind, Some(x), Some(y));
                     old.next();
                     new.next();
                     ok
@@ -521,5 +545,75 @@ spec: {host: reviews, trafficPolicy: {connectionPool: {tcp: {maxConnections: 1}}
         world.apply(MESH);
         let again = MeshSnapshot::build_after(world.store.snapshot(), &first);
         assert!(again.scope().is_some_and(|s| s.addresses.is_empty()));
+    }
+
+    /// A VirtualService edit (or a new one) leaves clusters, endpoints and
+    /// every sidecar's own resources as they were; it is no endpoint
+    /// scope; anything else changed with it, and it is no route scope.
+    #[test]
+    fn a_virtual_service_change_keeps_clusters_endpoints_and_own_parts() {
+        let vs = |subset_host: &str| {
+            format!(
+                "apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: reviews, namespace: default}}
+spec:
+  hosts: [reviews]
+  http: [{{route: [{{destination: {{host: {subset_host}}}}}]}}]
+"
+            )
+        };
+        let world = World::new();
+        let all = [
+            workload("127.0.1.1", "reviews"),
+            workload("127.0.2.1", "ratings"),
+            workload("127.0.7.7", "stranger"),
+        ];
+        let first = MeshSnapshot::build(world.store.snapshot());
+        let sent = answers(&first, &all);
+        let eds = |mesh: &MeshSnapshot| {
+            Translation::Istio
+                .generate_parts(mesh, &all[0], &request(type_url::ENDPOINT))
+                .unwrap()
+        };
+        let first_eds = eds(&first);
+        world.apply(&vs("ratings"));
+        let second = MeshSnapshot::build_after(world.store.snapshot(), &first);
+        assert!(second.routes_only() && second.scope().is_none());
+        assert!(all.iter().all(|p| second.own_unchanged_since(&first, p)));
+        assert_eq!(kept(&first, &sent, &second, &all), [true; 3]);
+        assert!(eds(&second).same(&first_eds), "endpoints carried over");
+        let routes = |mesh: &MeshSnapshot| {
+            Translation::Istio
+                .generate_parts(mesh, &all[2], &request(type_url::ROUTE))
+                .unwrap()
+        };
+        assert!(!routes(&second).same(&routes(&first)), "routes rebuilt");
+
+        // Edited again: the same, from the snapshot before only.
+        let sent = answers(&second, &all);
+        world.apply(&vs("details"));
+        let third = MeshSnapshot::build_after(world.store.snapshot(), &second);
+        assert!(third.routes_only());
+        assert_eq!(kept(&second, &sent, &third, &all), [true; 3]);
+        assert!(
+            !third.own_unchanged_since(&first, &all[0]),
+            "two snapshots back"
+        );
+
+        // A VirtualService and a DestinationRule: a full generation.
+        let sent = answers(&third, &all);
+        world.apply(&format!(
+            "{}---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: reviews, namespace: default}}
+spec: {{host: reviews, trafficPolicy: {{connectionPool: {{tcp: {{maxConnections: 1}}}}}}}}
+",
+            vs("reviews")
+        ));
+        let fourth = MeshSnapshot::build_after(world.store.snapshot(), &third);
+        assert!(!fourth.routes_only());
+        assert_eq!(kept(&third, &sent, &fourth, &all), [false; 3]);
     }
 }

@@ -55,6 +55,13 @@ pub struct XdsArgs {
     /// slot to the next.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub push_timeout: Duration,
+    /// Send Delta ADS proxies their route configurations' virtual hosts
+    /// over VHDS, one resource each (a VirtualService edit then sends one
+    /// virtual host, not the whole route configuration). `--vhds=false`
+    /// sends whole route configurations, for older Envoys that take VHDS
+    /// only from a config source of its own, not from ADS. SotW proxies always get whole configurations.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub vhds: bool,
 }
 
 /// `250ms`, `2s`, `1m`, `24h`, `90d`, or a bare number of milliseconds.
@@ -108,6 +115,7 @@ impl Xds {
                 .map(|ca| [ca.authority.trust_domain().to_string()].into()),
             push_concurrency: args.push_concurrency,
             push_timeout: args.push_timeout,
+            vhds: args.vhds,
             ..ServerOptions::default()
         };
         let server = XdsServer::with_options(

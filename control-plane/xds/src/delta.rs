@@ -109,6 +109,8 @@ async fn run<S, R>(
             return;
         }
     };
+    // Envoy takes VHDS from ADS only on a Delta ADS stream.
+    proxy.vhds = shared.options.vhds && service.type_url.is_none();
     let (conn, id) = Conn::open(shared, proxy, "delta", service, identity.as_ref());
     let span = tracing::info_span!("xds", conn = id, node = %conn.proxy.id, protocol = "delta", service = service.name, identity = identity.as_ref().map(tracing::field::display));
     let mut stream = DeltaStream {
@@ -227,7 +229,10 @@ impl<S: Send + Sync + 'static> DeltaStream<S> {
         self.conn.slot.settle(all_answered);
         let state = self.types.get_mut(&type_url).expect("type state");
         let respond = if first {
-            state.subscription = Subscription::delta_initial(&request.resource_names_subscribe);
+            state.subscription = Subscription::delta_initial(
+                &request.resource_names_subscribe,
+                type_url::namespaced(&type_url),
+            );
             state.check_absent = true;
             // What the proxy kept from an earlier stream: not resent if
             // unchanged.
@@ -338,10 +343,9 @@ impl<S: Send + Sync + 'static> DeltaStream<S> {
             // What the proxy kept from an earlier stream is not resent if
             // unchanged.
             Some(has) => (
-                generated
-                    .sorted()
+                subscription
+                    .select(generated.sorted())
                     .into_iter()
-                    .filter(|r| subscription.matches(&r.name))
                     .filter(|r| has.get(&r.name) != Some(&r.version))
                     .collect(),
                 has.keys()
@@ -374,7 +378,7 @@ impl<S: Send + Sync + 'static> DeltaStream<S> {
             }
         }
         for name in &removed {
-            if subscription.names.contains(name) {
+            if !subscription.namespaced && subscription.names.contains(name) {
                 state.absent.insert(name.clone());
             }
         }
@@ -383,10 +387,14 @@ impl<S: Send + Sync + 'static> DeltaStream<S> {
         }
         // Named and missing: say so once, so the proxy need not wait for a
         // timeout.
-        if names_changed || state.check_absent {
-            for name in subscription.names.iter() {
-                if !generated.contains(name) && state.absent.insert(name.clone()) {
-                    removed.push(name.clone());
+        // (A VHDS namespace names no resource of its own.)
+        if (names_changed || state.check_absent) && !subscription.namespaced {
+            // Usually every name exists: one merge pass tells.
+            if !subscription.all_named_in(&generated.sorted()) {
+                for name in subscription.names.iter() {
+                    if !generated.contains(name) && state.absent.insert(name.clone()) {
+                        removed.push(name.clone());
+                    }
                 }
             }
             state.check_absent = false;

@@ -32,7 +32,7 @@ pub struct Metrics {
     pub rejects: Family<TypeLabel, Counter>,
     /// `pilot_xds_{cds,eds,lds,rds,sds}_reject`: streams whose latest answer
     /// for the type is a NACK.
-    pub rejecting: [Gauge; 5],
+    pub rejecting: [Gauge; type_url::PUSH_ORDER.len()],
     /// `pilot_xds_expired_nonce`: ACKs/NACKs for a response already
     /// superseded, by type.
     pub expired_nonce: Family<TypeLabel, Counter>,

@@ -82,6 +82,12 @@ pub struct Proxy {
     /// taken at its word (plaintext). Never from the node itself: what may
     /// be given only to a proven identity (Secrets over SDS) checks this.
     pub verified_identity: Option<SpiffeId>,
+    /// Whether the proxy takes the virtual hosts of its route
+    /// configurations over VHDS, one resource each, so that a VirtualService
+    /// edit sends one virtual host instead of the whole configuration. Set
+    /// by the server, never from the node: Envoy accepts VHDS only on a
+    /// Delta ADS stream (see [`crate::ServerOptions::vhds`]).
+    pub vhds: bool,
 }
 
 /// Why a node was refused.
@@ -194,6 +200,7 @@ impl Proxy {
             service_cluster: node.cluster.clone(),
             raw_metadata,
             verified_identity: None,
+            vhds: false,
             id,
         })
     }

@@ -106,6 +106,11 @@ pub struct ServerOptions {
     /// was sent, or for `push_timeout`.
     pub push_concurrency: usize,
     pub push_timeout: Duration,
+    /// Serve the virtual hosts of route configurations over VHDS to Delta
+    /// ADS streams (Envoy takes VHDS only there): a VirtualService edit
+    /// then sends the one virtual host it changed, not every proxy's whole
+    /// route configuration. SotW streams always get whole configurations.
+    pub vhds: bool,
 }
 
 impl Default for ServerOptions {
@@ -122,6 +127,7 @@ impl Default for ServerOptions {
             // keep two cores just as busy and hold less in memory.
             push_concurrency: 64,
             push_timeout: Duration::from_secs(10),
+            vhds: true,
         }
     }
 }

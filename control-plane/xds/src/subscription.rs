@@ -19,6 +19,10 @@ pub struct Subscription {
     pub legacy: bool,
     /// Explicitly named resources.
     pub names: Names,
+    /// The names are namespaces (VHDS, see [`crate::type_url::namespaced`]):
+    /// a resource `NS/NAME` matches a subscribed `NS`.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub namespaced: bool,
 }
 
 /// A set of resource names, shared: every sidecar of a mesh names the same
@@ -120,6 +124,7 @@ impl Subscription {
                 wildcard: legacy,
                 legacy,
                 names: Names::default(),
+                namespaced: false,
             };
         }
         let wildcard = names.iter().any(|n| n == WILDCARD);
@@ -134,16 +139,19 @@ impl Subscription {
             wildcard,
             legacy: false,
             names: Names::interned(names.iter().filter(|n| *n != WILDCARD).cloned().collect()),
+            namespaced: false,
         }
     }
 
-    /// The subscription a first Delta request states.
-    pub(crate) fn delta_initial(subscribe: &[String]) -> Subscription {
+    /// The subscription a first Delta request states (`namespaced`: see
+    /// [`Subscription::namespaced`]).
+    pub(crate) fn delta_initial(subscribe: &[String], namespaced: bool) -> Subscription {
         if subscribe.is_empty() {
             return Subscription {
                 wildcard: true,
                 legacy: true,
                 names: Names::default(),
+                namespaced,
             };
         }
         Subscription {
@@ -156,6 +164,7 @@ impl Subscription {
                     .cloned()
                     .collect(),
             ),
+            namespaced,
         }
     }
 
@@ -195,7 +204,12 @@ impl Subscription {
     }
 
     pub fn matches(&self, name: &str) -> bool {
-        self.wildcard || self.names.contains(name)
+        self.wildcard
+            || self.names.contains(name)
+            || (self.namespaced
+                && name
+                    .rsplit_once('/')
+                    .is_some_and(|(namespace, _)| self.names.contains(namespace)))
     }
 
     /// The resources of a name-sorted list that the subscription matches,
@@ -207,6 +221,11 @@ impl Subscription {
         R: std::ops::Deref<Target = crate::resource::ResourceData>,
     {
         if self.wildcard {
+            return sorted;
+        }
+        if self.namespaced {
+            let mut sorted = sorted;
+            sorted.retain(|r| self.matches(&r.name));
             return sorted;
         }
         if sorted.len().saturating_mul(16) < self.names.len() {
@@ -237,9 +256,33 @@ impl Subscription {
         out
     }
 
-    /// The generator's hint: `None` for wildcard.
+    /// Whether every explicitly named resource is in the name-sorted list,
+    /// in one merge pass (a lookup per name was a fifth of the server's
+    /// work at a Delta connect: 3,000 EDS names per sidecar).
+    pub(crate) fn all_named_in<R>(&self, sorted: &[&R]) -> bool
+    where
+        R: std::ops::Deref<Target = crate::resource::ResourceData>,
+    {
+        let mut resources = sorted.iter().map(|r| r.name.as_str()).peekable();
+        'names: for name in self.names.iter() {
+            while let Some(resource) = resources.peek() {
+                match (*resource).cmp(name.as_str()) {
+                    std::cmp::Ordering::Less => {
+                        resources.next();
+                    }
+                    std::cmp::Ordering::Equal => continue 'names,
+                    std::cmp::Ordering::Greater => return false,
+                }
+            }
+            return false;
+        }
+        true
+    }
+
+    /// The generator's hint: `None` for wildcard (and for namespaces, which
+    /// are not resource names).
     pub(crate) fn hint(&self) -> Option<&BTreeSet<String>> {
-        (!self.wildcard).then_some(&*self.names)
+        (!self.wildcard && !self.namespaced).then_some(&*self.names)
     }
 }
 
@@ -282,7 +325,7 @@ mod tests {
         assert!(!other.matches("outbound|80||b") && other.matches("outbound|80||a"));
         assert!(a.matches("outbound|80||b"), "the shared set is not edited");
         // Delta edits make a new set, leaving others sharing the old one.
-        let mut d = Subscription::delta_initial(&list);
+        let mut d = Subscription::delta_initial(&list, false);
         assert!(Arc::ptr_eq(&a.names.0, &d.names.0));
         d.delta_update(&names(&["outbound|80||c"]), &names(&["outbound|80||a"]));
         assert!(d.matches("outbound|80||c") && !d.matches("outbound|80||a"));
@@ -348,7 +391,7 @@ mod tests {
 
     #[test]
     fn delta_subscribe_and_unsubscribe() {
-        let mut s = Subscription::delta_initial(&names(&["a"]));
+        let mut s = Subscription::delta_initial(&names(&["a"]), false);
         assert!(!s.wildcard);
         assert!(s.delta_update(&names(&["b"]), &names(&["a"])));
         assert!(!s.matches("a") && s.matches("b"));
@@ -356,7 +399,7 @@ mod tests {
         assert!(s.names.is_empty());
         assert!(s.delta_update(&names(&["*"]), &[]));
         assert!(s.wildcard);
-        let mut legacy = Subscription::delta_initial(&[]);
+        let mut legacy = Subscription::delta_initial(&[], false);
         assert!(legacy.wildcard);
         legacy.delta_update(&names(&["x"]), &[]);
         assert!(
@@ -365,5 +408,63 @@ mod tests {
         );
         legacy.delta_update(&[], &names(&["*"]));
         assert!(!legacy.wildcard && legacy.matches("x"));
+    }
+
+    /// VHDS: Envoy subscribes to a route configuration's name and takes
+    /// every virtual host in that namespace.
+    #[test]
+    fn namespaced_names_match_the_resources_under_them() {
+        let mut s = Subscription::delta_initial(&names(&["8080"]), true);
+        assert!(s.matches("8080/reviews:8080") && s.matches("8080/allow_any"));
+        assert!(!s.matches("9080/reviews:9080") && !s.matches("80808/x"));
+        assert!(s.hint().is_none(), "a namespace is not a resource name");
+        let resource = |name: &str| {
+            crate::resource::Resource::new(
+                name,
+                &envoy_types::pb::envoy::config::route::v3::VirtualHost {
+                    name: name.to_string(),
+                    ..Default::default()
+                },
+            )
+        };
+        let all = [
+            resource("8080/a"),
+            resource("8080/b"),
+            resource("9080/a"),
+            resource("a"),
+        ];
+        let picked: Vec<&str> = s
+            .select(all.iter().collect())
+            .iter()
+            .map(|r| r.name.as_str())
+            .collect();
+        assert_eq!(picked, ["8080/a", "8080/b"]);
+        s.delta_update(&names(&["9080"]), &names(&["8080"]));
+        assert!(s.matches("9080/a") && !s.matches("8080/a"));
+        let plain = Subscription::delta_initial(&names(&["8080"]), false);
+        assert!(!plain.matches("8080/a"), "only VHDS names are namespaces");
+    }
+
+    #[test]
+    fn all_named_in_tells_whether_every_name_is_in_a_sorted_list() {
+        let resource = |name: &str| {
+            crate::resource::Resource::new(
+                name,
+                &envoy_types::pb::envoy::config::cluster::v3::Cluster {
+                    name: name.to_string(),
+                    ..Default::default()
+                },
+            )
+        };
+        let all = [resource("a"), resource("b"), resource("c")];
+        let sorted: Vec<_> = all.iter().collect();
+        let sub = |n: &[&str]| Subscription::delta_initial(&names(n), false);
+        assert!(sub(&["a", "c"]).all_named_in(&sorted));
+        assert!(sub(&["a", "b", "c"]).all_named_in(&sorted));
+        assert!(!sub(&["a", "bb"]).all_named_in(&sorted));
+        assert!(!sub(&["d"]).all_named_in(&sorted));
+        assert!(!sub(&["0"]).all_named_in(&sorted));
+        assert!(sub(&["*"]).all_named_in(&sorted), "no names: none missing");
+        assert!(!sub(&["a"]).all_named_in::<crate::resource::Resource>(&[]));
     }
 }

@@ -5,11 +5,15 @@ pub const CLUSTER: &str = "type.googleapis.com/envoy.config.cluster.v3.Cluster";
 pub const ENDPOINT: &str = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment";
 pub const LISTENER: &str = "type.googleapis.com/envoy.config.listener.v3.Listener";
 pub const ROUTE: &str = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration";
+/// VHDS: the virtual hosts of a route configuration, as resources of their
+/// own named `ROUTE_CONFIG/VHOST` (Delta only).
+pub const VIRTUAL_HOST: &str = "type.googleapis.com/envoy.config.route.v3.VirtualHost";
 pub const SECRET: &str = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret";
 
 /// Warming-safe push order: clusters before their endpoints, listeners
-/// before their routes (make before break, as the xDS protocol advises).
-pub const PUSH_ORDER: [&str; 5] = [CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET];
+/// before their routes, route configurations before their virtual hosts
+/// (make before break, as the xDS protocol advises).
+pub const PUSH_ORDER: [&str; 6] = [CLUSTER, ENDPOINT, LISTENER, ROUTE, VIRTUAL_HOST, SECRET];
 
 /// Position of a type in [`PUSH_ORDER`]; unknown types go last.
 pub fn push_rank(type_url: &str) -> usize {
@@ -26,6 +30,13 @@ pub fn requires_full_state(type_url: &str) -> bool {
     type_url == CLUSTER || type_url == LISTENER
 }
 
+/// Whether names subscribed to this type are namespaces: Envoy subscribes
+/// to a route configuration's name on VHDS and expects every virtual host
+/// named `ROUTE_CONFIG/...` (its `use_namespace_matching`).
+pub fn namespaced(type_url: &str) -> bool {
+    type_url == VIRTUAL_HOST
+}
+
 /// Istio's short name for a type (`cds`, `eds`, ...), used in metric labels
 /// and logs.
 pub fn short_name(type_url: &str) -> &'static str {
@@ -34,6 +45,7 @@ pub fn short_name(type_url: &str) -> &'static str {
         ENDPOINT => "eds",
         LISTENER => "lds",
         ROUTE => "rds",
+        VIRTUAL_HOST => "vhds",
         SECRET => "sds",
         _ => "other",
     }
@@ -45,7 +57,7 @@ mod tests {
     use envoy_types::pb::envoy::config::cluster::v3::Cluster;
     use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
     use envoy_types::pb::envoy::config::listener::v3::Listener;
-    use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
+    use envoy_types::pb::envoy::config::route::v3::{RouteConfiguration, VirtualHost};
     use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::Secret;
     use prost::Name;
 
@@ -55,6 +67,7 @@ mod tests {
         assert_eq!(ENDPOINT, ClusterLoadAssignment::type_url());
         assert_eq!(LISTENER, Listener::type_url());
         assert_eq!(ROUTE, RouteConfiguration::type_url());
+        assert_eq!(VIRTUAL_HOST, VirtualHost::type_url());
         assert_eq!(SECRET, Secret::type_url());
     }
 
@@ -63,6 +76,7 @@ mod tests {
         assert!(push_rank(CLUSTER) < push_rank(ENDPOINT));
         assert!(push_rank(ENDPOINT) < push_rank(LISTENER));
         assert!(push_rank(LISTENER) < push_rank(ROUTE));
-        assert_eq!(push_rank("type.googleapis.com/x"), 5);
+        assert!(push_rank(ROUTE) < push_rank(VIRTUAL_HOST));
+        assert_eq!(push_rank("type.googleapis.com/x"), 6);
     }
 }

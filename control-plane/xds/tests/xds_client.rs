@@ -486,6 +486,52 @@ async fn delta_named_subscriptions() {
     assert_eq!(pushed.removed_resources, names(&["missing"]));
 }
 
+/// VHDS: Envoy subscribes to a route configuration's name and is sent
+/// every virtual host named `NAME/...`, changes and removals by resource
+/// name; the namespace is never reported missing. Only Delta ADS streams
+/// are put on VHDS, and only if the server says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delta_vhds_names_are_namespaces() {
+    let hosts = || {
+        world()
+            .with(VIRTUAL_HOST, "8080/a", "a")
+            .with(VIRTUAL_HOST, "8080/b", "b")
+            .with(VIRTUAL_HOST, "9080/a", "other")
+    };
+    let server = TestServer::start(hosts()).await;
+    let mut client = DeltaClient::connect(server.channel().await, node("a", "ns")).await;
+    client.subscribe(VIRTUAL_HOST, &["8080"], &[]).await;
+    let first = client.recv().await;
+    assert_eq!(
+        delta_contents(&first),
+        map(&[("8080/a", "a"), ("8080/b", "b")])
+    );
+    assert!(first.removed_resources.is_empty(), "{first:?}");
+    client.ack(&first).await;
+
+    let mut w = hosts();
+    w.set(VIRTUAL_HOST, "8080/a", "a2");
+    w.entries
+        .remove(&(VIRTUAL_HOST.to_string(), "8080/b".to_string()));
+    w.set(VIRTUAL_HOST, "9080/a", "other2");
+    server.set(w);
+    let pushed = client.recv().await;
+    assert_eq!(delta_contents(&pushed), map(&[("8080/a", "a2")]));
+    assert_eq!(pushed.removed_resources, names(&["8080/b"]));
+    client.ack(&pushed).await;
+    client.expect_silence().await;
+
+    let off = ServerOptions {
+        vhds: false,
+        ..ServerOptions::default()
+    };
+    let server = TestServer::start_with(hosts(), off).await;
+    let mut client = DeltaClient::connect(server.channel().await, node("a", "ns")).await;
+    client.subscribe(VIRTUAL_HOST, &["8080"], &[]).await;
+    let first = client.recv().await;
+    assert!(delta_contents(&first).is_empty(), "VHDS off: {first:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn delta_nack_is_reported_and_not_resent() {
     let server = TestServer::start(world()).await;

@@ -136,6 +136,7 @@ fn proxy(ip: &str, namespace: &str, labels: &[(&str, &str)]) -> Proxy {
         service_cluster: String::new(),
         raw_metadata: BTreeMap::new(),
         verified_identity: None,
+        vhds: false,
     }
 }
 

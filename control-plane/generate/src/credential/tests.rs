@@ -113,6 +113,7 @@ fn proxy(kind: ProxyType, namespace: &str, verified: Option<&str>) -> Proxy {
         service_cluster: String::new(),
         raw_metadata: BTreeMap::new(),
         verified_identity: verified.map(|v| v.parse().unwrap()),
+        vhds: false,
     }
 }
 

@@ -51,6 +51,7 @@ fn proxy(
         service_cluster: String::new(),
         raw_metadata: BTreeMap::new(),
         verified_identity: None,
+        vhds: false,
     }
 }
 

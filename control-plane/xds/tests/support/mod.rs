@@ -23,7 +23,7 @@ use tonic::service::Routes;
 use tonic::transport::{Channel, ClientTlsConfig, ServerTlsConfig};
 
 #[allow(unused_imports)] // Not every test file uses every type.
-pub use sextant_xds::type_url::{CLUSTER, ENDPOINT, LISTENER, ROUTE};
+pub use sextant_xds::type_url::{CLUSTER, ENDPOINT, LISTENER, ROUTE, VIRTUAL_HOST};
 
 /// How long a test waits for something that should happen.
 pub const WAIT: Duration = Duration::from_secs(20);
@@ -92,6 +92,11 @@ fn generate(
     let mut out = Vec::new();
     for ((type_url, name), entry) in &world.entries {
         if type_url != request.type_url || !request.wants(name) {
+            continue;
+        }
+        // As Istio's generator: virtual hosts of their own only for a
+        // proxy the server put on VHDS.
+        if type_url == VIRTUAL_HOST && !proxy.vhds {
             continue;
         }
         if entry
