@@ -183,7 +183,9 @@ impl ResponseBody {
         let len = u32::try_from(len).map_err(|_| {
             Status::resource_exhausted(format!("a response of {len} bytes exceeds gRPC's limit"))
         })?;
-        chunk.reserve(5 + response.head.len());
+        // Room for the chunk at once (at most a chunk of this response):
+        // grown resource by resource, the buffer was copied as it doubled.
+        chunk.reserve((5 + len as usize).min(CHUNK + CHUNK / 8));
         chunk.put_u8(0); // not compressed
         chunk.put_u32(len);
         chunk.put_slice(&response.head);
@@ -230,9 +232,11 @@ impl http_body::Body for ResponseBody {
         if this.done {
             return Poll::Ready(None);
         }
-        // Room for a whole chunk at once: grown resource by resource, the
-        // buffer was copied as it doubled, on fresh pages each time.
-        let mut chunk = BytesMut::with_capacity(CHUNK + CHUNK / 8);
+        let mut chunk = BytesMut::new();
+        if this.current.is_some() {
+            // The rest of a response larger than a chunk.
+            chunk.reserve(CHUNK + CHUNK / 8);
+        }
         loop {
             if this.current.is_some() {
                 this.fill(&mut chunk);
