@@ -1000,17 +1000,9 @@ spec:
 
 #[test]
 fn consistent_hash_from_destination_rule() {
-    let m = with_bookinfo(
+    let m = with_bookinfo(&format!(
+        "{DETAILS_BY_USER}{}",
         r#"
-apiVersion: networking.istio.io/v1
-kind: DestinationRule
-metadata: {name: details, namespace: default}
-spec:
-  host: details
-  trafficPolicy:
-    loadBalancer:
-      consistentHash: {httpHeaderName: x-user}
----
 apiVersion: networking.istio.io/v1
 kind: VirtualService
 metadata: {name: productpage, namespace: default}
@@ -1018,8 +1010,8 @@ spec:
   hosts: [productpage]
   http:
   - route: [{destination: {host: details}}]
-"#,
-    );
+"#
+    ));
     let p = sidecar("reviews");
     for v in [
         sidecar_vhost(&m, &p, "details"),
@@ -1159,17 +1151,9 @@ spec:
 
 #[test]
 fn consistent_hash_retry_policies_are_hoisted_when_equal() {
-    let m = with_bookinfo(
+    let m = with_bookinfo(&format!(
+        "{DETAILS_BY_USER}{}",
         r#"
-apiVersion: networking.istio.io/v1
-kind: DestinationRule
-metadata: {name: details, namespace: default}
-spec:
-  host: details
-  trafficPolicy:
-    loadBalancer:
-      consistentHash: {httpHeaderName: x-user}
----
 apiVersion: networking.istio.io/v1
 kind: VirtualService
 metadata: {name: details, namespace: default}
@@ -1189,8 +1173,8 @@ spec:
   - match: [{uri: {prefix: /details}}]
     route: [{destination: {host: details}}]
   - route: [{destination: {host: ratings}}]
-"#,
-    );
+"#
+    ));
     let p = sidecar("reviews");
     let v = sidecar_vhost(&m, &p, "details");
     assert_eq!(v.routes.len(), 2);
@@ -1253,6 +1237,18 @@ spec:
     assert_eq!(v.retry_policy, Some(default_retry(false)));
     assert_eq!(action(&v.routes[2]).retry_policy, None);
 }
+
+/// A DestinationRule hashing `details` by the `x-user` header.
+const DETAILS_BY_USER: &str = "apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: details, namespace: default}
+spec:
+  host: details
+  trafficPolicy:
+    loadBalancer:
+      consistentHash: {httpHeaderName: x-user}
+---
+";
 
 const BOOKINFO_GATEWAY: &str = r#"
 apiVersion: networking.istio.io/v1alpha3
