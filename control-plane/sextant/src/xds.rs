@@ -64,6 +64,25 @@ pub struct XdsArgs {
     pub vhds: bool,
 }
 
+/// Connections the kernel completes for an xDS port before the server
+/// accepts them. After a restart every proxy reconnects at once: with
+/// tokio's default (1,024) the queue overflowed at 2,000 proxies on busy
+/// cores (`TcpExtListenOverflows`) and connections were reset. The kernel
+/// caps it at `net.core.somaxconn`.
+const XDS_BACKLOG: u32 = 8192;
+
+/// A listener for an xDS port, with [`XDS_BACKLOG`].
+fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = match addr {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    // As `TcpListener::bind`: a restarted server rebinds at once.
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(XDS_BACKLOG)
+}
+
 /// `250ms`, `2s`, `1m`, `24h`, `90d`, or a bare number of milliseconds.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
@@ -168,16 +187,14 @@ impl Xds {
         let plaintext = if self.args.no_xds_plaintext {
             None
         } else {
-            let listener = tokio::net::TcpListener::bind(self.args.xds_addr)
-                .await
+            let listener = bind(self.args.xds_addr)
                 .with_context(|| format!("binding the xDS address {}", self.args.xds_addr))?;
             tracing::info!(addr = %self.args.xds_addr, "plaintext xDS server listening (ADS, SotW and Delta)");
             Some(listener)
         };
         let tls = match &self.ca {
             Some(ca) => {
-                let listener = tokio::net::TcpListener::bind(ca.addr)
-                    .await
+                let listener = bind(ca.addr)
                     .with_context(|| format!("binding the TLS address {}", ca.addr))?;
                 tracing::info!(addr = %ca.addr, "TLS server listening (xDS with client certificates, and the CA)");
                 // The handshakes run (and the certificate rotates) outside
@@ -306,6 +323,22 @@ mod tests {
         assert_eq!(parse_duration("90d"), Ok(Duration::from_secs(90 * 86_400)));
         assert!(parse_duration("1y").is_err());
         assert!(parse_duration("fast").is_err());
+    }
+
+    /// The xDS listener accepts, and a second server on its port is
+    /// refused (address reuse is not port sharing).
+    #[tokio::test]
+    async fn xds_listener_accepts_and_owns_its_port() {
+        let listener = bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let client = tokio::net::TcpStream::connect(addr);
+        let (accepted, connected) = tokio::join!(listener.accept(), client);
+        assert_eq!(
+            accepted.unwrap().1,
+            connected.unwrap().local_addr().unwrap()
+        );
+        let again = bind(addr).unwrap_err();
+        assert_eq!(again.kind(), std::io::ErrorKind::AddrInUse);
     }
 }
 
