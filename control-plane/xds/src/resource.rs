@@ -18,6 +18,8 @@ mod canonical;
 
 use std::sync::Arc;
 
+use bytes::Bytes;
+use envoy_types::pb::envoy::service::discovery::v3::Resource as DeltaResource;
 use envoy_types::pb::google::protobuf::Any;
 use prost::{Message, Name};
 
@@ -44,6 +46,52 @@ pub struct ResourceData {
     pub name: String,
     pub version: String,
     pub body: Any,
+    /// The resource as it goes on the wire, encoded once: thousands of
+    /// proxies are sent the same resource, and encoding it per response
+    /// (lengths, keys, the `Any`) was a sixth of the server's CPU while
+    /// 2,000 proxies connected.
+    wire: Wire,
+}
+
+/// The encodings of a resource inside a response, in one buffer: the
+/// Delta form, `DeltaDiscoveryResponse.resources` (field 2) holding a
+/// `Resource {version: 1, resource: 2, name: 3}`, contains the SotW form,
+/// `DiscoveryResponse.resources` (field 2) holding the `Any`, byte for
+/// byte (same field number, same message), as its `resource` field.
+#[derive(Clone, PartialEq)]
+struct Wire {
+    delta: Bytes,
+    sotw: std::ops::Range<usize>,
+}
+
+impl std::fmt::Debug for Wire {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Wire({} bytes)", self.delta.len())
+    }
+}
+
+impl Wire {
+    fn encode(name: &String, version: &String, body: &Any) -> Wire {
+        use prost::encoding::{self, WireType};
+        let inner = encoding::string::encoded_len(1, version)
+            + encoding::message::encoded_len(2, body)
+            + encoding::string::encoded_len(3, name);
+        let mut buf = Vec::with_capacity(
+            encoding::key_len(2) + encoding::encoded_len_varint(inner as u64) + inner,
+        );
+        encoding::encode_key(2, WireType::LengthDelimited, &mut buf);
+        encoding::encode_varint(inner as u64, &mut buf);
+        encoding::string::encode(1, version, &mut buf);
+        let start = buf.len();
+        encoding::message::encode(2, body, &mut buf);
+        let end = buf.len();
+        encoding::string::encode(3, name, &mut buf);
+        debug_assert_eq!(buf.len(), buf.capacity());
+        Wire {
+            delta: Bytes::from(buf),
+            sotw: start..end,
+        }
+    }
 }
 
 impl std::ops::Deref for Resource {
@@ -80,17 +128,44 @@ impl Resource {
             body.value = canonical;
         }
         let version = content_version(&body);
+        Resource::of(name.into(), version, body)
+    }
+
+    fn of(name: String, version: String, body: Any) -> Resource {
+        let wire = Wire::encode(&name, &version, &body);
         Resource(Arc::new(ResourceData {
-            name: name.into(),
+            name,
             version,
             body,
+            wire,
         }))
     }
 
     /// Replaces the content version.
-    pub fn with_version(mut self, version: impl Into<String>) -> Resource {
-        Arc::make_mut(&mut self.0).version = version.into();
-        self
+    pub fn with_version(self, version: impl Into<String>) -> Resource {
+        Resource::of(self.name.clone(), version.into(), self.body.clone())
+    }
+
+    /// The resource as an element of `DiscoveryResponse.resources`
+    /// (field key and length included).
+    pub(crate) fn sotw_wire(&self) -> &[u8] {
+        &self.wire.delta[self.wire.sotw.clone()]
+    }
+
+    /// The resource as an element of `DeltaDiscoveryResponse.resources`
+    /// (field key and length included).
+    pub(crate) fn delta_wire(&self) -> &[u8] {
+        &self.wire.delta
+    }
+
+    /// The resource as a decoded `DeltaDiscoveryResponse` element.
+    pub(crate) fn to_delta(&self) -> DeltaResource {
+        DeltaResource {
+            name: self.name.clone(),
+            version: self.version.clone(),
+            resource: Some(self.body.clone()),
+            ..Default::default()
+        }
     }
 
     pub fn type_url(&self) -> &str {
@@ -155,5 +230,44 @@ mod tests {
         assert_eq!(Resource::new("a", &a).type_url(), crate::type_url::CLUSTER);
         // Stable across processes and releases: a fixed value.
         assert_eq!(content_version(&Any::default()), "af63bd4c8601b7df");
+    }
+
+    /// The pre-encoded forms are what prost makes of the same response
+    /// (a response of two resources, so a length or key error shows), and
+    /// a new version is encoded too.
+    #[test]
+    fn wire_forms_decode_as_the_responses_they_are_part_of() {
+        use envoy_types::pb::envoy::service::discovery::v3::{
+            DeltaDiscoveryResponse, DiscoveryResponse,
+        };
+        let big = Cluster {
+            name: "outbound|9080||reviews.default.svc.cluster.local".into(),
+            alt_stat_name: "x".repeat(300),
+            ..Default::default()
+        };
+        let resources = [
+            Resource::new("a", &Cluster::default()),
+            Resource::new(&big.name, &big).with_version("v2"),
+        ];
+        let sotw: Vec<u8> = resources
+            .iter()
+            .flat_map(|r| r.sotw_wire().to_vec())
+            .collect();
+        assert_eq!(
+            DiscoveryResponse::decode(sotw.as_slice())
+                .unwrap()
+                .resources,
+            resources.iter().map(|r| r.body.clone()).collect::<Vec<_>>()
+        );
+        let delta: Vec<u8> = resources
+            .iter()
+            .flat_map(|r| r.delta_wire().to_vec())
+            .collect();
+        let decoded = DeltaDiscoveryResponse::decode(delta.as_slice()).unwrap();
+        assert_eq!(
+            decoded.resources,
+            resources.iter().map(Resource::to_delta).collect::<Vec<_>>()
+        );
+        assert_eq!(decoded.resources[1].version, "v2");
     }
 }

@@ -23,11 +23,10 @@ use std::task::{Context, Poll};
 
 use bytes::{BufMut, Bytes, BytesMut};
 use envoy_types::pb::envoy::service::discovery::v3::{
-    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryResponse, Resource as DeltaResource,
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryResponse,
 };
 use http_body::{Body as _, Frame};
 use prost::Message;
-use prost::encoding::{self, WireType};
 use tokio::sync::mpsc;
 use tonic::Status;
 use tonic::body::Body;
@@ -92,39 +91,16 @@ impl Outgoing {
             + self
                 .resources
                 .iter()
-                .map(|r| self.resource_len(r))
+                .map(|r| self.resource_wire(r).len())
                 .sum::<usize>()
     }
 
-    /// `DeltaResource` without its field key and length.
-    fn delta_inner_len(r: &Resource) -> usize {
-        encoding::string::encoded_len(1, &r.version)
-            + encoding::message::encoded_len(2, &r.body)
-            + encoding::string::encoded_len(3, &r.name)
-    }
-
-    fn resource_len(&self, r: &Resource) -> usize {
+    /// The resource as encoded in this kind of response (pre-encoded once
+    /// per resource, see [`Resource::sotw_wire`]).
+    fn resource_wire<'r>(&self, r: &'r Resource) -> &'r [u8] {
         match self.kind {
-            // `DiscoveryResponse.resources` (2): the Any itself.
-            Kind::Sotw => encoding::message::encoded_len(2, &r.body),
-            // `DeltaDiscoveryResponse.resources` (2): name, version, Any.
-            Kind::Delta => {
-                let inner = Self::delta_inner_len(r);
-                encoding::key_len(2) + encoding::encoded_len_varint(inner as u64) + inner
-            }
-        }
-    }
-
-    fn encode_resource(&self, r: &Resource, buf: &mut BytesMut) {
-        match self.kind {
-            Kind::Sotw => encoding::message::encode(2, &r.body, buf),
-            Kind::Delta => {
-                encoding::encode_key(2, WireType::LengthDelimited, buf);
-                encoding::encode_varint(Self::delta_inner_len(r) as u64, buf);
-                encoding::string::encode(1, &r.version, buf);
-                encoding::message::encode(2, &r.body, buf);
-                encoding::string::encode(3, &r.name, buf);
-            }
+            Kind::Sotw => r.sotw_wire(),
+            Kind::Delta => r.delta_wire(),
         }
     }
 
@@ -142,16 +118,7 @@ impl Outgoing {
         debug_assert_eq!(self.kind, Kind::Delta);
         let mut response =
             DeltaDiscoveryResponse::decode(self.head.as_slice()).expect("a head we encoded");
-        response.resources = self
-            .resources
-            .iter()
-            .map(|r| DeltaResource {
-                name: r.name.clone(),
-                version: r.version.clone(),
-                resource: Some(r.body.clone()),
-                ..Default::default()
-            })
-            .collect();
+        response.resources = self.resources.iter().map(Resource::to_delta).collect();
         response
     }
 }
@@ -200,8 +167,7 @@ impl ResponseBody {
         };
         while *next < response.resources.len() && chunk.len() < CHUNK {
             let resource = &response.resources[*next];
-            chunk.reserve(response.resource_len(resource));
-            response.encode_resource(resource, chunk);
+            chunk.extend_from_slice(response.resource_wire(resource));
             *next += 1;
         }
         if *next == response.resources.len() {
