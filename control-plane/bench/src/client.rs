@@ -13,17 +13,17 @@
 //! as far as their EDS and RDS names.
 //!
 //! The clients share the machine with the server they measure, so they
-//! are cheap: responses are decoded into lite messages whose resource
+//! are cheap: responses are decoded (each from a buffer of its own,
+//! freed once read: [`crate::grpc`]) into lite messages whose resource
 //! bodies are slices of the received buffer (no copy), names are read in
 //! place and keyed by their hash, and only subscribed names are interned.
 use std::collections::{BTreeSet, HashMap};
 use std::hash::BuildHasher;
-use std::marker::PhantomData;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use bytes::{Buf, BufMut, Bytes};
+use bytes::{BufMut, Bytes};
 use prost::Message;
 use sextant_xds::pb::envoy::config::core::v3::Node;
 use sextant_xds::pb::envoy::config::listener::v3::{Listener, filter};
@@ -31,10 +31,9 @@ use sextant_xds::pb::envoy::extensions::filters::network::http_connection_manage
 use sextant_xds::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_connection_manager::RouteSpecifier;
 use sextant_xds::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DiscoveryRequest};
 use tokio::sync::mpsc;
-use tokio_stream::wrappers::UnboundedReceiverStream;
-use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::transport::{Channel, Endpoint};
 
+use crate::grpc::{Outgoing, Sized, open};
 use crate::record::{Event, Interner, Recorder, Ty};
 
 const HCM_TYPE_URL: &str = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager";
@@ -95,23 +94,12 @@ struct LiteResource {
     name: Bytes,
 }
 
-/// A decoded response and its size on the wire (the gRPC message length).
-struct Sized<T> {
-    bytes: u64,
-    message: T,
-}
-
 /// A SotW request whose resource names are the interner's (an EDS ACK
 /// names every subscribed cluster: no copy of them is made). Encoded
 /// exactly as `request` with `names` appended to its `resource_names`.
 struct SotwRequest {
     request: DiscoveryRequest,
     names: Vec<Arc<str>>,
-}
-
-/// What the client sends.
-trait Outgoing: Send + Sync + 'static {
-    fn encode_into(self, dst: &mut impl BufMut) -> Result<(), prost::EncodeError>;
 }
 
 impl Outgoing for DeltaDiscoveryRequest {
@@ -139,69 +127,6 @@ impl Outgoing for SotwRequest {
         }
         tail.encode(dst)
     }
-}
-
-/// A gRPC codec that encodes requests with prost and decodes responses
-/// into lite messages, zero-copy from tonic's buffer.
-struct LiteCodec<Req, Resp>(PhantomData<fn(Req) -> Resp>);
-
-impl<Req, Resp> Default for LiteCodec<Req, Resp> {
-    fn default() -> Self {
-        LiteCodec(PhantomData)
-    }
-}
-
-struct LiteEncoder<T>(PhantomData<fn(T)>);
-struct LiteDecoder<T>(PhantomData<fn() -> T>);
-
-impl<Req, Resp> Codec for LiteCodec<Req, Resp>
-where
-    Req: Outgoing,
-    Resp: Message + Default + Send + 'static,
-{
-    type Encode = Req;
-    type Decode = Sized<Resp>;
-    type Encoder = LiteEncoder<Req>;
-    type Decoder = LiteDecoder<Resp>;
-
-    fn encoder(&mut self) -> Self::Encoder {
-        LiteEncoder(PhantomData)
-    }
-
-    fn decoder(&mut self) -> Self::Decoder {
-        LiteDecoder(PhantomData)
-    }
-}
-
-impl<T: Outgoing> Encoder for LiteEncoder<T> {
-    type Item = T;
-    type Error = tonic::Status;
-
-    fn encode(&mut self, item: T, dst: &mut EncodeBuf<'_>) -> Result<(), tonic::Status> {
-        item.encode_into(dst)
-            .map_err(|e| tonic::Status::internal(e.to_string()))
-    }
-}
-
-impl<T: Message + Default> Decoder for LiteDecoder<T> {
-    type Item = Sized<T>;
-    type Error = tonic::Status;
-
-    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Sized<T>>, tonic::Status> {
-        decode_sized(src).map(Some)
-    }
-}
-
-/// Decodes a whole buffer, keeping its size: `bytes` fields become
-/// slices of it.
-fn decode_sized<T: Message + Default>(src: &mut impl Buf) -> Result<Sized<T>, tonic::Status> {
-    let len = src.remaining();
-    let body = src.copy_to_bytes(len);
-    let message = T::decode(body).map_err(|e| tonic::Status::internal(e.to_string()))?;
-    Ok(Sized {
-        bytes: len as u64,
-        message,
-    })
 }
 
 /// Reads a varint at `*at`, advancing it.
@@ -599,28 +524,6 @@ fn names(interner: &Interner, ids: &BTreeSet<u64>) -> Vec<String> {
     interner.names(ids)
 }
 
-/// Opens an ADS stream (`path`) that decodes responses into `Resp`.
-async fn open<Req, Resp>(
-    channel: Channel,
-    path: &'static str,
-    requests: mpsc::UnboundedReceiver<Req>,
-) -> anyhow::Result<tonic::Streaming<Sized<Resp>>>
-where
-    Req: Outgoing,
-    Resp: Message + Default + Send + Sync + 'static,
-{
-    let mut grpc = tonic::client::Grpc::new(channel).max_decoding_message_size(usize::MAX);
-    grpc.ready().await.context("waiting for the channel")?;
-    let response = grpc
-        .streaming(
-            tonic::Request::new(UnboundedReceiverStream::new(requests)),
-            http::uri::PathAndQuery::from_static(path),
-            LiteCodec::<Req, Resp>::default(),
-        )
-        .await?;
-    Ok(response.into_inner())
-}
-
 /// The names and bodies of a SotW response's resources.
 fn sotw_named(ty: Ty, response: &LiteResponse) -> anyhow::Result<Vec<(&str, &Bytes)>> {
     response
@@ -890,6 +793,7 @@ mod tests {
     };
     use sextant_xds::{Generator, Proxy, ResourceRequest};
 
+    use crate::grpc::decode_sized;
     use crate::mesh::MeshSpec;
 
     fn generate(mesh: &MeshSnapshot, proxy: &Proxy, ty: Ty) -> Vec<sextant_xds::Resource> {
@@ -1154,6 +1058,7 @@ mod cost {
     use sextant_xds::pb::envoy::service::discovery::v3::DiscoveryResponse;
     use sextant_xds::{Generator, Proxy, ResourceRequest};
 
+    use crate::grpc::decode_sized;
     use crate::mesh::MeshSpec;
 
     fn cpu() -> f64 {

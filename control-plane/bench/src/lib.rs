@@ -11,6 +11,7 @@
 //! the clients still compete with it for CPU, which the report shows.
 pub mod client;
 pub mod dump;
+mod grpc;
 pub mod mesh;
 pub mod record;
 pub mod report;
