@@ -207,7 +207,7 @@ mod tests {
 
     fn decode(r: &Resource) -> Secret {
         assert_eq!(r.type_url(), sextant_xds::type_url::SECRET);
-        Secret::decode(r.body.value.as_slice()).unwrap()
+        Secret::decode(r.value()).unwrap()
     }
 
     fn inline(ds: &Option<DataSource>) -> String {

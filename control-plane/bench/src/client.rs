@@ -814,7 +814,7 @@ mod tests {
     fn sotw_response(ty: Ty, resources: &[sextant_xds::Resource]) -> Sized<LiteResponse> {
         let full = DiscoveryResponse {
             version_info: "v1".into(),
-            resources: resources.iter().map(|r| r.body.clone()).collect(),
+            resources: resources.iter().map(|r| r.any()).collect(),
             type_url: ty.type_url().into(),
             nonce: "n1".into(),
             ..Default::default()
@@ -830,8 +830,8 @@ mod tests {
         assert_eq!(named.len(), resources.len());
         for ((name, body), r) in named.iter().zip(resources) {
             assert_eq!(*name, r.name);
-            assert_eq!(body.as_ref(), r.body.value.as_slice());
-            assert_eq!(content_hash(body), content_hash(&r.body.value));
+            assert_eq!(body.as_ref(), r.value());
+            assert_eq!(content_hash(body), content_hash(r.value()));
         }
         lite
     }
@@ -854,7 +854,7 @@ mod tests {
                     .map(|r| Resource {
                         name: r.name.clone(),
                         version: "3".into(),
-                        resource: Some(r.body.clone()),
+                        resource: Some(r.any()),
                         ..Default::default()
                     })
                     .collect(),
@@ -874,7 +874,7 @@ mod tests {
             assert_eq!(named.len(), resources.len());
             for ((name, body), r) in named.iter().zip(&resources) {
                 assert_eq!(*name, r.name);
-                assert_eq!(content_hash(body), content_hash(&r.body.value));
+                assert_eq!(content_hash(body), content_hash(r.value()));
             }
         }
     }
@@ -980,7 +980,7 @@ mod tests {
         assert_eq!(applied.resources as usize, clusters.len());
         let expected: BTreeSet<String> = clusters
             .iter()
-            .map(|r| Cluster::decode(r.body.value.as_slice()).unwrap())
+            .map(|r| Cluster::decode(r.value()).unwrap())
             .filter(|c| {
                 c.cluster_discovery_type
                     == Some(ClusterDiscoveryType::Type(DiscoveryType::Eds as i32))
@@ -1087,7 +1087,7 @@ mod cost {
                 .unwrap();
             let wire = DiscoveryResponse {
                 version_info: "v1".into(),
-                resources: resources.iter().map(|r| r.body.clone()).collect(),
+                resources: resources.iter().map(|r| r.any()).collect(),
                 type_url: ty.type_url().into(),
                 nonce: "n1".into(),
                 ..Default::default()

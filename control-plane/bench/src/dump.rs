@@ -123,7 +123,7 @@ fn generate(mesh: &MeshSnapshot, spec: &MeshSpec, i: usize) -> anyhow::Result<Ve
                 },
             )
             .map_err(|e| anyhow::anyhow!("proxy {i}: generating {}: {e}", ty.as_str()))?;
-        out.extend(resources.iter().map(|r| r.body.clone()));
+        out.extend(resources.iter().map(|r| r.any()));
     }
     Ok(out)
 }

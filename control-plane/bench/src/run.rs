@@ -682,7 +682,7 @@ fn measure_in_process(spec: &MeshSpec, proxies: usize, vhds: bool) -> anyhow::Re
             for (ty, resources) in generated {
                 let t = per_type.entry(ty).or_default();
                 t.responses = resources.len();
-                t.bytes = resources.iter().map(|r| r.body.encoded_len() as u64).sum();
+                t.bytes = resources.iter().map(|r| r.any().encoded_len() as u64).sum();
             }
         }
     }

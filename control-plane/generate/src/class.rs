@@ -437,7 +437,7 @@ spec:
             "version is not read"
         );
         assert!(!Arc::ptr_eq(&a.parts()[0], &c.parts()[0]), "app is read");
-        let route = |g: &sextant_xds::Generated| g.get("9080").unwrap().body.value.clone();
+        let route = |g: &sextant_xds::Generated| g.get("9080").unwrap().value().to_vec();
         assert_ne!(
             route(&a),
             route(&c),

@@ -112,7 +112,7 @@ spec:
     fn decoded<M: Message + Default>(g: &Generated) -> Vec<M> {
         g.sorted()
             .into_iter()
-            .map(|r| M::decode(r.body.value.as_slice()).unwrap())
+            .map(|r| M::decode(r.value()).unwrap())
             .collect()
     }
 

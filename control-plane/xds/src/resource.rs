@@ -16,6 +16,7 @@
 //! `Any` is compared by its bytes, which are themselves non-canonical.
 mod canonical;
 
+use std::ops::Range;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -31,7 +32,7 @@ use prost::{Message, Name};
 /// Cheap to clone (the content is shared): thousands of proxies are sent
 /// the same clusters, and a generator that builds a resource once per
 /// snapshot hands every proxy the same allocation. Fields are read through
-/// `Deref` (`resource.name`, `resource.version`, `resource.body`).
+/// `Deref` (`resource.name`, `resource.version`) and methods (the body).
 ///
 /// Bodies of types outside Envoy's descriptors (or not valid encodings of
 /// their type) are kept and hashed as they are; a generator that packs such
@@ -40,12 +41,14 @@ use prost::{Message, Name};
 #[derive(Clone, Debug)]
 pub struct Resource(Arc<ResourceData>);
 
-/// What a [`Resource`] holds.
+/// What a [`Resource`] holds. The body is kept only in its wire form
+/// (read it with [`Resource::value`] or [`Resource::any`]): a second,
+/// decoded copy of every resource was a tenth of the server's memory.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ResourceData {
     pub name: String,
     pub version: String,
-    pub body: Any,
+    type_url: String,
     /// The resource as it goes on the wire, encoded once: thousands of
     /// proxies are sent the same resource, and encoding it per response
     /// (lengths, keys, the `Any`) was a sixth of the server's CPU while
@@ -57,11 +60,13 @@ pub struct ResourceData {
 /// Delta form, `DeltaDiscoveryResponse.resources` (field 2) holding a
 /// `Resource {version: 1, resource: 2, name: 3}`, contains the SotW form,
 /// `DiscoveryResponse.resources` (field 2) holding the `Any`, byte for
-/// byte (same field number, same message), as its `resource` field.
+/// byte (same field number, same message), as its `resource` field; that
+/// ends with the `Any`'s value, the encoded message.
 #[derive(Clone, PartialEq)]
 struct Wire {
     delta: Bytes,
-    sotw: std::ops::Range<usize>,
+    sotw: Range<usize>,
+    value: Range<usize>,
 }
 
 impl std::fmt::Debug for Wire {
@@ -87,9 +92,12 @@ impl Wire {
         let end = buf.len();
         encoding::string::encode(3, name, &mut buf);
         debug_assert_eq!(buf.len(), buf.capacity());
+        // `Any` encodes `value` (field 2) last, and not at all if empty.
+        debug_assert!(buf[..end].ends_with(&body.value));
         Wire {
             delta: Bytes::from(buf),
             sotw: start..end,
+            value: end - body.value.len()..end,
         }
     }
 }
@@ -136,14 +144,33 @@ impl Resource {
         Resource(Arc::new(ResourceData {
             name,
             version,
-            body,
+            type_url: body.type_url,
             wire,
         }))
     }
 
     /// Replaces the content version.
     pub fn with_version(self, version: impl Into<String>) -> Resource {
-        Resource::of(self.name.clone(), version.into(), self.body.clone())
+        Resource::of(self.name.clone(), version.into(), self.any())
+    }
+
+    /// The encoded message (the packed body's value), as sent.
+    pub fn value(&self) -> &[u8] {
+        &self.wire.delta[self.wire.value.clone()]
+    }
+
+    /// A copy of the packed body.
+    pub fn any(&self) -> Any {
+        Any {
+            type_url: self.type_url.clone(),
+            value: self.value().to_vec(),
+        }
+    }
+
+    /// Decodes the body as `M` (for tests and tools; the server only
+    /// sends the bytes).
+    pub fn decode<M: Message + Default>(&self) -> Result<M, prost::DecodeError> {
+        M::decode(self.value())
     }
 
     /// The resource as an element of `DiscoveryResponse.resources`
@@ -163,13 +190,13 @@ impl Resource {
         DeltaResource {
             name: self.name.clone(),
             version: self.version.clone(),
-            resource: Some(self.body.clone()),
+            resource: Some(self.any()),
             ..Default::default()
         }
     }
 
     pub fn type_url(&self) -> &str {
-        &self.body.type_url
+        &self.type_url
     }
 
     /// Whether two handles share one allocation (then they are equal
@@ -257,7 +284,7 @@ mod tests {
             DiscoveryResponse::decode(sotw.as_slice())
                 .unwrap()
                 .resources,
-            resources.iter().map(|r| r.body.clone()).collect::<Vec<_>>()
+            resources.iter().map(Resource::any).collect::<Vec<_>>()
         );
         let delta: Vec<u8> = resources
             .iter()
@@ -269,5 +296,7 @@ mod tests {
             resources.iter().map(Resource::to_delta).collect::<Vec<_>>()
         );
         assert_eq!(decoded.resources[1].version, "v2");
+        assert_eq!(resources[1].decode::<Cluster>().unwrap(), big);
+        assert_eq!(resources[0].value(), b"", "an empty message is no bytes");
     }
 }

@@ -642,7 +642,7 @@ fn fetch<S: Send + Sync + 'static>(
         resources: subscription
             .select(resources.sorted())
             .into_iter()
-            .map(|r| r.body.clone())
+            .map(|r| r.any())
             .collect(),
         type_url,
         control_plane: shared.control_plane(),

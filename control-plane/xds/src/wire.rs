@@ -109,7 +109,7 @@ impl Outgoing {
         debug_assert_eq!(self.kind, Kind::Sotw);
         let mut response =
             DiscoveryResponse::decode(self.head.as_slice()).expect("a head we encoded");
-        response.resources = self.resources.iter().map(|r| r.body.clone()).collect();
+        response.resources = self.resources.iter().map(|r| r.any()).collect();
         response
     }
 
@@ -493,7 +493,7 @@ mod tests {
         // A chunk ends once it passes CHUNK, so by at most one resource.
         let largest_resource = resources
             .iter()
-            .map(|r| r.body.encoded_len() + 8)
+            .map(|r| r.any().encoded_len() + 8)
             .max()
             .unwrap();
         assert!(chunks.iter().all(|c| c.len() < CHUNK + largest_resource));
@@ -503,7 +503,7 @@ mod tests {
         assert_eq!(messages[0].len(), sotw_len);
         assert_eq!(messages[1].len(), delta_len);
         let mut expected = sotw_head.clone();
-        expected.resources = resources.iter().map(|r| r.body.clone()).collect();
+        expected.resources = resources.iter().map(|r| r.any()).collect();
         assert_eq!(
             DiscoveryResponse::decode(messages[0].as_slice()).unwrap(),
             expected

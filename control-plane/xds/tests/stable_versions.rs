@@ -217,7 +217,7 @@ fn maps_inside_anys_inside_anys_are_canonical_too() {
 fn canonical_bodies_decode_to_the_same_message() {
     let message = listener();
     let resource = Resource::new("virtualInbound", &message);
-    let decoded = Listener::decode(resource.body.value.as_slice()).unwrap();
+    let decoded = Listener::decode(resource.value()).unwrap();
     // prost's `==` cannot say this: it compares the HTTP connection
     // manager's `Any` by its bytes. Packing the decoded message again gives
     // the same resource, though.
@@ -347,5 +347,5 @@ fn typed_extension_config_is_unaffected_when_there_is_no_map() {
             value: config.encode_to_vec(),
         },
     );
-    assert_eq!(resource.body.value, config.encode_to_vec());
+    assert_eq!(resource.value(), config.encode_to_vec());
 }

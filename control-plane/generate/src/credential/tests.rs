@@ -332,7 +332,7 @@ fn served(mesh: &MeshSnapshot, proxy: &Proxy, names: &[&str]) -> Vec<Secret> {
         .into_iter()
         .map(|r| {
             assert_eq!(r.type_url(), type_url::SECRET);
-            let secret = Secret::decode(r.body.value.as_slice()).unwrap();
+            let secret = Secret::decode(r.value()).unwrap();
             assert_eq!(secret.name, r.name);
             secret
         })
