@@ -158,7 +158,18 @@ async fn renewal_falls_back_to_the_token_when_the_ca_refuses_the_certificate() {
     let ca = TestCa::start().await;
     ca.state.refuse_client_certs.store(true, Ordering::SeqCst);
     let files = Files::new(&ca.keys);
-    let flags = ["--service-account", "fallback", "--cert-ttl", "2s"];
+    // Renewal halfway through a 4 s certificate: it must still be valid
+    // when renewed (X.509 times are whole seconds, and renewal waits at
+    // least 1 s), or the agent rightly goes straight to the token; with a
+    // 2 s certificate a busy machine got there after it expired.
+    let flags = [
+        "--service-account",
+        "fallback",
+        "--cert-ttl",
+        "4s",
+        "--rotate-at",
+        "0.5",
+    ];
     let agent = Agent::start(agent_config(&ca.url(), &files, &flags)).unwrap();
     let mut certs = agent.certificates();
     let first = certs
