@@ -7,23 +7,19 @@
 //! `removed_resources` for what the proxy has but should not (or asked for
 //! and does not exist).
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
-use std::sync::Arc;
+use std::future::Future;
 
+use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse,
 };
-use tokio::sync::mpsc;
-use tokio_stream::{Stream, StreamExt};
-use tonic::Status;
-use tracing::Instrument;
 
 use crate::generated::Generated;
-use crate::identity::Peer;
 use crate::proxy::Proxy;
 use crate::resource::Resource;
-use crate::server::{Conn, Push, Service, Shared, Stop};
+use crate::server::{Service, Shared, Stop};
+use crate::stream::{Protocol, Streamed};
 use crate::subscription::{Subscription, WILDCARD};
-use crate::throttle;
 use crate::type_url;
 use crate::wire::Outgoing;
 
@@ -32,7 +28,7 @@ use crate::wire::Outgoing;
 const OUTSTANDING: usize = 32;
 
 #[derive(Default)]
-struct TypeState {
+pub(crate) struct TypeState {
     subscription: Subscription,
     /// The generator's answer the proxy was last brought up to date with:
     /// it has the resources of it its subscription matches (shared parts
@@ -59,132 +55,39 @@ struct TypeState {
     acked_version: String,
 }
 
-pub(crate) fn spawn<S, R>(
-    shared: Arc<Shared<S>>,
-    requests: R,
-    service: Service,
-    peer: Peer,
-) -> mpsc::Receiver<Result<Outgoing, Status>>
-where
-    S: Send + Sync + 'static,
-    R: Stream<Item = Result<DeltaDiscoveryRequest, Status>> + Unpin + Send + 'static,
-{
-    let (tx, rx) = mpsc::channel(shared.options.send_queue.max(1));
-    tokio::spawn(run(shared, requests, tx, service, peer));
-    rx
-}
+/// A Delta stream (the loop is [`crate::stream`]'s).
+type DeltaStream<S> = Streamed<S, TypeState>;
 
-async fn run<S, R>(
-    shared: Arc<Shared<S>>,
-    mut requests: R,
-    tx: mpsc::Sender<Result<Outgoing, Status>>,
-    service: Service,
-    peer: Peer,
-) where
-    S: Send + Sync + 'static,
-    R: Stream<Item = Result<DeltaDiscoveryRequest, Status>> + Unpin,
-{
-    let first = match requests.next().await {
-        Some(Ok(request)) => request,
-        Some(Err(status)) => {
-            tracing::debug!(%status, "xDS stream failed before its first request");
-            return;
-        }
-        None => return,
-    };
-    let mut proxy = match Proxy::from_node(first.node.as_ref()) {
-        Ok(proxy) => proxy,
-        Err(error) => {
-            tracing::warn!(node = ?first.node.as_ref().map(|n| &n.id), %error, "refusing an xDS stream");
-            let _ = tx
-                .send(Err(Status::invalid_argument(error.to_string())))
-                .await;
-            return;
-        }
-    };
-    let identity = match shared.authorize(&peer, &mut proxy, service) {
-        Ok(identity) => identity,
-        Err(status) => {
-            let _ = tx.send(Err(status)).await;
-            return;
-        }
-    };
-    // Envoy takes VHDS from ADS only on a Delta ADS stream.
-    proxy.vhds = shared.options.vhds && service.type_url.is_none();
-    let (conn, id) = Conn::open(shared, proxy, "delta", service, identity.as_ref());
-    let span = tracing::info_span!("xds", conn = id, node = %conn.proxy.id, protocol = "delta", service = service.name, identity = identity.as_ref().map(tracing::field::display));
-    let mut stream = DeltaStream {
-        conn,
-        tx,
-        service,
-        types: BTreeMap::new(),
-    };
-    async move {
-        tracing::info!("proxy connected");
-        match stream.serve(first, &mut requests).await {
-            Stop::Closed => tracing::info!("proxy disconnected"),
-            Stop::Invalid(status) => {
-                tracing::warn!(%status, "ending the stream: protocol error");
-                let _ = stream.tx.send(Err(status)).await;
-            }
-        }
+impl<S: Send + Sync + 'static> Protocol<S> for TypeState {
+    type Request = DeltaDiscoveryRequest;
+    const NAME: &'static str = "delta";
+
+    fn node(request: &DeltaDiscoveryRequest) -> Option<&Node> {
+        request.node.as_ref()
     }
-    .instrument(span)
-    .await
-}
 
-struct DeltaStream<S> {
-    conn: Conn<S>,
-    tx: mpsc::Sender<Result<Outgoing, Status>>,
-    service: Service,
-    types: BTreeMap<String, TypeState>,
+    fn admit(proxy: &mut Proxy, shared: &Shared<S>, service: Service) {
+        // Envoy takes VHDS from ADS only on a Delta ADS stream.
+        proxy.vhds = shared.options.vhds && service.type_url.is_none();
+    }
+
+    fn on_request(
+        stream: &mut DeltaStream<S>,
+        request: DeltaDiscoveryRequest,
+    ) -> impl Future<Output = Result<(), Stop>> + Send {
+        stream.handle(request)
+    }
+
+    fn respond(
+        stream: &mut DeltaStream<S>,
+        type_url: &str,
+        force: bool,
+    ) -> impl Future<Output = Result<bool, Stop>> + Send {
+        stream.respond(type_url, force)
+    }
 }
 
 impl<S: Send + Sync + 'static> DeltaStream<S> {
-    async fn serve<R>(&mut self, first: DeltaDiscoveryRequest, requests: &mut R) -> Stop
-    where
-        R: Stream<Item = Result<DeltaDiscoveryRequest, Status>> + Unpin,
-    {
-        let mut snapshots = self.conn.shared.snapshots.subscribe();
-        let mut shutdown = self.conn.shared.shutdown.subscribe();
-        if *shutdown.borrow_and_update() {
-            return Stop::Closed;
-        }
-        self.conn.push = snapshots.borrow_and_update().clone();
-        if let Err(stop) = self.handle(first).await {
-            return stop;
-        }
-        loop {
-            let slot_deadline = self.conn.slot.deadline();
-            let step = tokio::select! {
-                biased;
-                _ = shutdown.changed() => Err(Stop::Closed),
-                _ = throttle::until(slot_deadline) => {
-                    self.conn.slot.expire();
-                    Ok(())
-                }
-                changed = snapshots.changed() => match changed {
-                    Ok(()) => {
-                        let push = snapshots.borrow_and_update().clone();
-                        self.on_push(push).await
-                    }
-                    Err(_) => Err(Stop::Closed),
-                },
-                request = requests.next() => match request {
-                    Some(Ok(request)) => self.handle(request).await,
-                    Some(Err(status)) => {
-                        tracing::debug!(%status, "request stream failed");
-                        Err(Stop::Closed)
-                    }
-                    None => Err(Stop::Closed),
-                },
-            };
-            if let Err(stop) = step {
-                return stop;
-            }
-        }
-    }
-
     async fn handle(&mut self, request: DeltaDiscoveryRequest) -> Result<(), Stop> {
         let type_url = self
             .service
@@ -289,35 +192,6 @@ impl<S: Send + Sync + 'static> DeltaStream<S> {
             self.respond(&type_url, first).await?;
         }
         Ok(())
-    }
-
-    async fn on_push(&mut self, push: Arc<Push<S>>) -> Result<(), Stop> {
-        self.conn.previous = Some(std::mem::replace(&mut self.conn.push, push.clone()));
-        let result = self.push_all(push).await;
-        self.conn.previous = None;
-        result
-    }
-
-    async fn push_all(&mut self, push: Arc<Push<S>>) -> Result<(), Stop> {
-        let span = tracing::debug_span!("push", version = %push.version);
-        async {
-            let mut order: Vec<String> = self.types.keys().cloned().collect();
-            order.sort_by_key(|t| (type_url::push_rank(t), t.clone()));
-            let mut sent = false;
-            for type_url in order {
-                sent |= self.respond(&type_url, false).await?;
-            }
-            if sent {
-                self.conn
-                    .shared
-                    .metrics
-                    .convergence
-                    .observe(push.started.elapsed().as_secs_f64());
-            }
-            Ok(())
-        }
-        .instrument(span)
-        .await
     }
 
     /// Sends what the proxy lacks or has in an old version, and removals.

@@ -41,6 +41,7 @@ pub mod resource;
 pub mod server;
 mod sotw;
 pub mod status;
+mod stream;
 mod subscription;
 mod throttle;
 pub mod type_url;

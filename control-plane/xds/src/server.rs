@@ -688,7 +688,11 @@ macro_rules! standalone {
                 let requests = request
                     .into_inner()
                     .map(|r| r.and_then(|r| SotwRequest::from_message(&r)));
-                Ok(Response::new(sotw_messages(sotw::spawn(
+                Ok(Response::new(sotw_messages(crate::stream::spawn::<
+                    sotw::TypeState,
+                    _,
+                    _,
+                >(
                     self.0.clone(),
                     requests,
                     Self::SERVICE,
@@ -701,7 +705,11 @@ macro_rules! standalone {
                 request: Request<Streaming<DeltaDiscoveryRequest>>,
             ) -> Result<Response<DeltaStream>, Status> {
                 let peer = self.0.authenticate(&request, Self::SERVICE)?;
-                Ok(Response::new(delta_messages(delta::spawn(
+                Ok(Response::new(delta_messages(crate::stream::spawn::<
+                    delta::TypeState,
+                    _,
+                    _,
+                >(
                     self.0.clone(),
                     request.into_inner(),
                     Self::SERVICE,

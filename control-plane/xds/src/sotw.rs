@@ -6,29 +6,24 @@
 //! whose nonce is not the latest is stale and ignored; a NACK is recorded
 //! and answered only if the subscription changed, so a rejected
 //! configuration is never resent in a loop.
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
-use std::sync::Arc;
+use std::collections::{BTreeSet, VecDeque};
+use std::future::Future;
 
+use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::service::discovery::v3::DiscoveryResponse;
-use tokio::sync::mpsc;
-use tokio_stream::{Stream, StreamExt};
-use tonic::Status;
-use tracing::Instrument;
 
 use crate::generated::Generated;
-use crate::identity::Peer;
-use crate::proxy::Proxy;
 use crate::request::SotwRequest;
 use crate::resource::Resource;
-use crate::server::{Conn, Push, Service, Shared, Stop};
+use crate::server::Stop;
+use crate::stream::{Protocol, Streamed};
 use crate::subscription::Subscription;
-use crate::throttle;
 use crate::type_url;
 use crate::wire::Outgoing;
 
 /// One type on one stream.
 #[derive(Default)]
-struct TypeState {
+pub(crate) struct TypeState {
     subscription: Subscription,
     /// The generator's answer the proxy was last brought up to date with
     /// (unfiltered: of it, the proxy has what its subscription matches).
@@ -54,131 +49,34 @@ struct TypeState {
 /// Responses remembered per type for matching answers.
 const OUTSTANDING: usize = 32;
 
-/// Starts a stream's task; returns the response stream for tonic.
-pub(crate) fn spawn<S, R>(
-    shared: Arc<Shared<S>>,
-    requests: R,
-    service: Service,
-    peer: Peer,
-) -> mpsc::Receiver<Result<Outgoing, Status>>
-where
-    S: Send + Sync + 'static,
-    R: Stream<Item = Result<SotwRequest, Status>> + Unpin + Send + 'static,
-{
-    let (tx, rx) = mpsc::channel(shared.options.send_queue.max(1));
-    tokio::spawn(run(shared, requests, tx, service, peer));
-    rx
-}
+/// A state-of-the-world stream (the loop is [`crate::stream`]'s).
+type SotwStream<S> = Streamed<S, TypeState>;
 
-async fn run<S, R>(
-    shared: Arc<Shared<S>>,
-    mut requests: R,
-    tx: mpsc::Sender<Result<Outgoing, Status>>,
-    service: Service,
-    peer: Peer,
-) where
-    S: Send + Sync + 'static,
-    R: Stream<Item = Result<SotwRequest, Status>> + Unpin,
-{
-    let first = match requests.next().await {
-        Some(Ok(request)) => request,
-        Some(Err(status)) => {
-            tracing::debug!(%status, "xDS stream failed before its first request");
-            return;
-        }
-        None => return,
-    };
-    let mut proxy = match Proxy::from_node(first.node.as_ref()) {
-        Ok(proxy) => proxy,
-        Err(error) => {
-            tracing::warn!(node = ?first.node.as_ref().map(|n| &n.id), %error, "refusing an xDS stream");
-            let _ = tx
-                .send(Err(Status::invalid_argument(error.to_string())))
-                .await;
-            return;
-        }
-    };
-    let identity = match shared.authorize(&peer, &mut proxy, service) {
-        Ok(identity) => identity,
-        Err(status) => {
-            let _ = tx.send(Err(status)).await;
-            return;
-        }
-    };
-    let (conn, id) = Conn::open(shared, proxy, "sotw", service, identity.as_ref());
-    let span = tracing::info_span!("xds", conn = id, node = %conn.proxy.id, protocol = "sotw", service = service.name, identity = identity.as_ref().map(tracing::field::display));
-    let mut stream = SotwStream {
-        conn,
-        tx,
-        service,
-        types: BTreeMap::new(),
-    };
-    async move {
-        tracing::info!("proxy connected");
-        match stream.serve(first, &mut requests).await {
-            Stop::Closed => tracing::info!("proxy disconnected"),
-            Stop::Invalid(status) => {
-                tracing::warn!(%status, "ending the stream: protocol error");
-                let _ = stream.tx.send(Err(status)).await;
-            }
-        }
+impl<S: Send + Sync + 'static> Protocol<S> for TypeState {
+    type Request = SotwRequest;
+    const NAME: &'static str = "sotw";
+
+    fn node(request: &SotwRequest) -> Option<&Node> {
+        request.node.as_ref()
     }
-    .instrument(span)
-    .await
-}
 
-struct SotwStream<S> {
-    conn: Conn<S>,
-    tx: mpsc::Sender<Result<Outgoing, Status>>,
-    service: Service,
-    types: BTreeMap<String, TypeState>,
+    fn on_request(
+        stream: &mut SotwStream<S>,
+        request: SotwRequest,
+    ) -> impl Future<Output = Result<(), Stop>> + Send {
+        stream.handle(request)
+    }
+
+    fn respond(
+        stream: &mut SotwStream<S>,
+        type_url: &str,
+        force: bool,
+    ) -> impl Future<Output = Result<bool, Stop>> + Send {
+        stream.respond(type_url, force)
+    }
 }
 
 impl<S: Send + Sync + 'static> SotwStream<S> {
-    async fn serve<R>(&mut self, first: SotwRequest, requests: &mut R) -> Stop
-    where
-        R: Stream<Item = Result<SotwRequest, Status>> + Unpin,
-    {
-        let mut snapshots = self.conn.shared.snapshots.subscribe();
-        let mut shutdown = self.conn.shared.shutdown.subscribe();
-        if *shutdown.borrow_and_update() {
-            return Stop::Closed;
-        }
-        self.conn.push = snapshots.borrow_and_update().clone();
-        if let Err(stop) = self.handle(first).await {
-            return stop;
-        }
-        loop {
-            let slot_deadline = self.conn.slot.deadline();
-            let step = tokio::select! {
-                biased;
-                _ = shutdown.changed() => Err(Stop::Closed),
-                _ = throttle::until(slot_deadline) => {
-                    self.conn.slot.expire();
-                    Ok(())
-                }
-                changed = snapshots.changed() => match changed {
-                    Ok(()) => {
-                        let push = snapshots.borrow_and_update().clone();
-                        self.on_push(push).await
-                    }
-                    Err(_) => Err(Stop::Closed),
-                },
-                request = requests.next() => match request {
-                    Some(Ok(request)) => self.handle(request).await,
-                    Some(Err(status)) => {
-                        tracing::debug!(%status, "request stream failed");
-                        Err(Stop::Closed)
-                    }
-                    None => Err(Stop::Closed),
-                },
-            };
-            if let Err(stop) = step {
-                return stop;
-            }
-        }
-    }
-
     async fn handle(&mut self, request: SotwRequest) -> Result<(), Stop> {
         let type_url = self
             .service
@@ -281,35 +179,6 @@ impl<S: Send + Sync + 'static> SotwStream<S> {
 
     /// A new snapshot: every subscribed type, in warming-safe order, sends
     /// what changed.
-    async fn on_push(&mut self, push: Arc<Push<S>>) -> Result<(), Stop> {
-        self.conn.previous = Some(std::mem::replace(&mut self.conn.push, push.clone()));
-        let result = self.push_all(push).await;
-        self.conn.previous = None;
-        result
-    }
-
-    async fn push_all(&mut self, push: Arc<Push<S>>) -> Result<(), Stop> {
-        let span = tracing::debug_span!("push", version = %push.version);
-        async {
-            let mut order: Vec<String> = self.types.keys().cloned().collect();
-            order.sort_by_key(|t| (type_url::push_rank(t), t.clone()));
-            let mut sent = false;
-            for type_url in order {
-                sent |= self.respond(&type_url, false).await?;
-            }
-            if sent {
-                self.conn
-                    .shared
-                    .metrics
-                    .convergence
-                    .observe(push.started.elapsed().as_secs_f64());
-            }
-            Ok(())
-        }
-        .instrument(span)
-        .await
-    }
-
     /// Generates a type and sends it if it changed (or if `force`). Returns
     /// whether a response was sent.
     async fn respond(&mut self, type_url: &str, force: bool) -> Result<bool, Stop> {

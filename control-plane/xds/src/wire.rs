@@ -396,10 +396,20 @@ impl<S: Send + Sync + 'static> AdsService<S> {
         };
         let rx = if sotw {
             let requests = Requests::<SotwRequest>::new(body);
-            sotw::spawn(self.0.clone(), requests, Service::ADS, peer)
+            crate::stream::spawn::<sotw::TypeState, _, _>(
+                self.0.clone(),
+                requests,
+                Service::ADS,
+                peer,
+            )
         } else {
             let requests = Requests::<DeltaDiscoveryRequest>::new(body);
-            delta::spawn(self.0.clone(), requests, Service::ADS, peer)
+            crate::stream::spawn::<delta::TypeState, _, _>(
+                self.0.clone(),
+                requests,
+                Service::ADS,
+                peer,
+            )
         };
         let mut response = http::Response::new(Body::new(ResponseBody::new(rx)));
         response.headers_mut().insert(
