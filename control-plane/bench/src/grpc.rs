@@ -84,14 +84,15 @@ where
     if response.status() != http::StatusCode::OK {
         bail!("HTTP status {}", response.status());
     }
-    // A trailers-only response: the stream failed before it began.
-    if let Some(status) = tonic::Status::from_header_map(response.headers())
-        && status.code() != tonic::Code::Ok
-    {
-        return Err(status.into());
-    }
+    // A trailers-only response: the stream ended before it began.
+    let ended = match tonic::Status::from_header_map(response.headers()) {
+        Some(status) if status.code() != tonic::Code::Ok => return Err(status.into()),
+        Some(_) => true,
+        None => false,
+    };
     Ok(Responses {
         body: response.into_body(),
+        ended,
         partial: Partial::Prefix(Vec::with_capacity(PREFIX)),
         ready: VecDeque::new(),
         _message: PhantomData,
@@ -101,6 +102,8 @@ where
 /// The response side of a stream.
 pub(crate) struct Responses<T> {
     body: tonic::body::Body,
+    /// The server ended the stream with status OK.
+    ended: bool,
     partial: Partial,
     /// Whole messages cut from the body and not yet read.
     ready: VecDeque<Bytes>,
@@ -124,10 +127,10 @@ impl<T: Message + Default> Responses<T> {
             if let Some(mut message) = self.ready.pop_front() {
                 return decode_sized(&mut message).map(Some);
             }
+            if self.ended {
+                return Ok(None);
+            }
             let Some(frame) = self.body.frame().await else {
-                if self.partial != Partial::Prefix(Vec::new()) {
-                    bail!("the stream ended inside a message");
-                }
                 bail!("the stream ended without a status");
             };
             let frame = frame.map_err(anyhow::Error::from)?;
@@ -137,10 +140,15 @@ impl<T: Message + Default> Responses<T> {
                     let Ok(trailers) = frame.into_trailers() else {
                         continue;
                     };
-                    return match tonic::Status::from_header_map(&trailers) {
-                        Some(status) if status.code() != tonic::Code::Ok => Err(status.into()),
-                        _ => Ok(None),
-                    };
+                    if let Some(status) = tonic::Status::from_header_map(&trailers)
+                        && status.code() != tonic::Code::Ok
+                    {
+                        return Err(status.into());
+                    }
+                    if self.partial != Partial::Prefix(Vec::new()) {
+                        bail!("the stream ended inside a message");
+                    }
+                    self.ended = true;
                 }
             }
         }

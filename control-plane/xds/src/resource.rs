@@ -81,9 +81,8 @@ impl Wire {
         let inner = encoding::string::encoded_len(1, version)
             + encoding::message::encoded_len(2, body)
             + encoding::string::encoded_len(3, name);
-        let mut buf = Vec::with_capacity(
-            encoding::key_len(2) + encoding::encoded_len_varint(inner as u64) + inner,
-        );
+        let total = encoding::key_len(2) + encoding::encoded_len_varint(inner as u64) + inner;
+        let mut buf = Vec::with_capacity(total);
         encoding::encode_key(2, WireType::LengthDelimited, &mut buf);
         encoding::encode_varint(inner as u64, &mut buf);
         encoding::string::encode(1, version, &mut buf);
@@ -91,7 +90,7 @@ impl Wire {
         encoding::message::encode(2, body, &mut buf);
         let end = buf.len();
         encoding::string::encode(3, name, &mut buf);
-        debug_assert_eq!(buf.len(), buf.capacity());
+        debug_assert_eq!(buf.len(), total);
         // `Any` encodes `value` (field 2) last, and not at all if empty.
         debug_assert!(buf[..end].ends_with(&body.value));
         Wire {

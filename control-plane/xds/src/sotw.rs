@@ -177,8 +177,6 @@ impl<S: Send + Sync + 'static> SotwStream<S> {
         self.respond(&type_url, false).await.map(drop)
     }
 
-    /// A new snapshot: every subscribed type, in warming-safe order, sends
-    /// what changed.
     /// Generates a type and sends it if it changed (or if `force`). Returns
     /// whether a response was sent.
     async fn respond(&mut self, type_url: &str, force: bool) -> Result<bool, Stop> {
