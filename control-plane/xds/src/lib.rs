@@ -30,6 +30,7 @@
 //! and service account its node claims ([`identity`]).
 pub mod debounce;
 mod delta;
+pub mod frames;
 pub mod generated;
 pub mod generator;
 pub mod identity;

@@ -43,7 +43,8 @@ pub struct Resource(Arc<ResourceData>);
 
 /// What a [`Resource`] holds. The body is kept only in its wire form
 /// (read it with [`Resource::value`] or [`Resource::any`]): a second,
-/// decoded copy of every resource was a tenth of the server's memory.
+/// decoded copy of every resource cost 20 MB at 1,000 services and 2,000
+/// proxies.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ResourceData {
     pub name: String,
@@ -164,12 +165,6 @@ impl Resource {
             type_url: self.type_url.clone(),
             value: self.value().to_vec(),
         }
-    }
-
-    /// Decodes the body as `M` (for tests and tools; the server only
-    /// sends the bytes).
-    pub fn decode<M: Message + Default>(&self) -> Result<M, prost::DecodeError> {
-        M::decode(self.value())
     }
 
     /// The resource as an element of `DiscoveryResponse.resources`
@@ -295,7 +290,7 @@ mod tests {
             resources.iter().map(Resource::to_delta).collect::<Vec<_>>()
         );
         assert_eq!(decoded.resources[1].version, "v2");
-        assert_eq!(resources[1].decode::<Cluster>().unwrap(), big);
+        assert_eq!(Cluster::decode(resources[1].value()).unwrap(), big);
         assert_eq!(resources[0].value(), b"", "an empty message is no bytes");
     }
 }

@@ -9,8 +9,9 @@
 //! is therefore served here by hand ([`AdsService`]): a response
 //! ([`Outgoing`]) holds its resources as shared [`Resource`]s, and the body
 //! ([`ResponseBody`]) writes the gRPC frame in chunks of [`CHUNK`] bytes as
-//! HTTP/2 flow control asks for them; requests are decoded by [`Requests`],
-//! which does not keep the largest request's buffer either. The standalone services (CDS, EDS, ...; rarely used) stay on
+//! HTTP/2 flow control asks for them; requests are decoded by [`Requests`]
+//! from [`Messages`], which does not keep the largest request's buffer
+//! either. The standalone services (CDS, EDS, ...; rarely used) stay on
 //! tonic's generated code and get the materialized message
 //! ([`Outgoing::into_sotw`], [`Outgoing::into_delta`]).
 //!
@@ -25,7 +26,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use envoy_types::pb::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryResponse,
 };
-use http_body::{Body as _, Frame};
+use http_body::Frame;
 use prost::Message;
 use tokio::sync::mpsc;
 use tonic::Status;
@@ -33,6 +34,7 @@ use tonic::body::Body;
 use tonic::codegen::http;
 use tonic::server::NamedService;
 
+use crate::frames::Messages;
 use crate::request::SotwRequest;
 use crate::resource::Resource;
 use crate::server::{Service, Shared};
@@ -233,11 +235,7 @@ impl http_body::Body for ResponseBody {
     }
 }
 
-/// A stream's requests, decoded from the HTTP/2 body. tonic's `Streaming`
-/// keeps a buffer the size of the largest request for the life of the
-/// stream (a SotW EDS request names every cluster: 150 KB at 1,000
-/// services, per stream); this one lets it go once drained.
-/// A request message as [`Requests`] decodes it from one gRPC frame.
+/// A request message as [`Requests`] decodes it from one gRPC message.
 pub(crate) trait FromFrame: Sized {
     fn from_frame(body: Bytes) -> Result<Self, prost::DecodeError>;
 }
@@ -261,51 +259,19 @@ impl FromFrame for envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequ
     }
 }
 
+/// A stream's requests, decoded from the HTTP/2 body's messages
+/// ([`Messages`], which lets a drained buffer go).
 pub(crate) struct Requests<M> {
-    body: Body,
-    buf: BytesMut,
-    ended: bool,
+    messages: Messages,
     _message: std::marker::PhantomData<fn() -> M>,
 }
 
 impl<M: FromFrame> Requests<M> {
     pub(crate) fn new(body: Body) -> Requests<M> {
         Requests {
-            body,
-            buf: BytesMut::new(),
-            ended: false,
+            messages: Messages::new(body, MAX_REQUEST),
             _message: std::marker::PhantomData,
         }
-    }
-
-    /// The next whole message in the buffer, if there is one.
-    fn next_message(&mut self) -> Result<Option<M>, Status> {
-        if self.buf.len() < 5 {
-            return Ok(None);
-        }
-        if self.buf[0] != 0 {
-            return Err(Status::unimplemented(
-                "compressed requests are not supported: send them uncompressed",
-            ));
-        }
-        let len = u32::from_be_bytes(self.buf[1..5].try_into().expect("4 bytes")) as usize;
-        if len > MAX_REQUEST {
-            return Err(Status::resource_exhausted(format!(
-                "a request of {len} bytes exceeds the limit of {MAX_REQUEST}"
-            )));
-        }
-        if self.buf.len() < 5 + len {
-            self.buf.reserve(5 + len - self.buf.len());
-            return Ok(None);
-        }
-        let frame = self.buf.split_to(5 + len).freeze();
-        if self.buf.is_empty() {
-            // Drop the (shared) allocation with the frame.
-            self.buf = BytesMut::new();
-        }
-        M::from_frame(frame.slice(5..))
-            .map(Some)
-            .map_err(|e| Status::invalid_argument(format!("decoding a request: {e}")))
     }
 }
 
@@ -313,40 +279,12 @@ impl<M: FromFrame> tokio_stream::Stream for Requests<M> {
     type Item = Result<M, Status>;
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<M, Status>>> {
-        let this = self.get_mut();
-        loop {
-            match this.next_message() {
-                Ok(Some(message)) => return Poll::Ready(Some(Ok(message))),
-                Ok(None) => {}
-                Err(status) => {
-                    this.ended = true;
-                    this.buf = BytesMut::new();
-                    return Poll::Ready(Some(Err(status)));
-                }
-            }
-            if this.ended {
-                if this.buf.is_empty() {
-                    return Poll::Ready(None);
-                }
-                this.buf = BytesMut::new();
-                return Poll::Ready(Some(Err(Status::internal(
-                    "the request stream ended inside a message",
-                ))));
-            }
-            match Pin::new(&mut this.body).poll_frame(cx) {
-                Poll::Ready(Some(Ok(frame))) => {
-                    if let Ok(data) = frame.into_data() {
-                        this.buf.extend_from_slice(&data);
-                    }
-                }
-                Poll::Ready(Some(Err(status))) => {
-                    this.ended = true;
-                    return Poll::Ready(Some(Err(status)));
-                }
-                Poll::Ready(None) => this.ended = true,
-                Poll::Pending => return Poll::Pending,
-            }
-        }
+        self.get_mut().messages.poll_message(cx).map(|message| {
+            message.map(|message| {
+                M::from_frame(message?)
+                    .map_err(|e| Status::invalid_argument(format!("decoding a request: {e}")))
+            })
+        })
     }
 }
 
